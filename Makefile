@@ -1,0 +1,32 @@
+# The two set-up commands of a fresh machine (README):  make demo   |   make test
+# Both create .venv inside the clone on first use and reinstall only when the packaging changes.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+# DeepSpeed's JIT-built ops are cached inside the clone as well.
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+
+.PHONY: demo test bench-smoke clean
+
+$(STAMP): pyproject.toml setup.py constraints/cpu.txt $(wildcard csrc/*)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	@# The CPU torch wheel first: nothing afterwards may swap in a CUDA build.
+	$(PIP) -c constraints/cpu.txt torch
+	$(PIP) -c constraints/cpu.txt -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/tpo-fast demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench-smoke: $(STAMP)
+	$(PY) -m benchmarks.packing --smoke
+
+clean:
+	rm -rf $(VENV) build .cache tpo_fast/_C*.so

@@ -1,0 +1,3 @@
+from tpo_fast.cli import main
+
+raise SystemExit(main())
