@@ -1,0 +1,206 @@
+"""Prefix-shared attention over a packed micro-batch, with several interchangeable kernels.
+
+All backends compute the PackedBatch contract (DESIGN.md): query segment ``s`` holds the packed
+tokens ``cu_seqlens_q[s]:cu_seqlens_q[s+1]``; its keys are the packed tokens
+``kv_index[cu_seqlens_k[s]:cu_seqlens_k[s+1]]``; attention is causal inside a segment, aligned
+bottom-right (query ``j`` of a segment with ``Lq`` queries and ``Lk`` keys sees key slots
+``<= Lk - Lq + j``). Keys and values are gathered through ``kv_index``, so the rejected segment
+reads the prompt's keys and values, and gradients from both responses flow back into them.
+
+Backends (``PackedAttention.backend``):
+* ``flash_attn``   flash-attn varlen (FA2, FA3 or FA4, whichever is installed); CUDA, fp16/bf16.
+                   Causal is aligned bottom-right since flash-attn 2.1.
+* ``torch_varlen`` ``torch.nn.attention.varlen.varlen_attn`` (PyTorch >= 2.10); CUDA, fp16/bf16.
+                   Not yet checked on a GPU for q_len != k_len (no PyTorch version verified), so
+                   ``auto`` never picks it; tests/test_attention.py has the GPU check.
+* ``flex``         FlexAttention with a block mask built from the same rule; CUDA.
+* ``sdpa``         scaled_dot_product_attention with a dense [T, Σk] boolean mask; any device.
+                   The CPU path; memory grows as T·Σk, so it is for small batches.
+* ``auto``         CUDA: flash_attn if installed, else flex; otherwise sdpa.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "flash_attn", "torch_varlen", "flex", "sdpa")
+
+
+@functools.cache
+def _flash_varlen():
+    """flash-attn's varlen function, newest first (FA4 cute, FA3 hopper, FA2), or None."""
+    for module in ("flash_attn.cute", "flash_attn_interface", "flash_attn"):
+        try:
+            return importlib.import_module(module).flash_attn_varlen_func
+        except (ImportError, AttributeError, OSError, RuntimeError):
+            continue
+    return None
+
+
+@functools.cache
+def _torch_varlen():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    if "window_size" in params:  # PyTorch >= 2.11: causal is the window (-1, 0)
+        return functools.partial(varlen_attn, window_size=(-1, 0))
+    return functools.partial(varlen_attn, is_causal=True)  # PyTorch 2.10
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    """Backends that can run on ``device`` in this environment."""
+    out = ["sdpa"]
+    if torch.device(device).type == "cuda":
+        out.append("flex")
+        if _torch_varlen() is not None:
+            out.append("torch_varlen")
+        if _flash_varlen() is not None:
+            out.append("flash_attn")
+    return out
+
+
+@dataclass(eq=False)
+class PackedAttention:
+    """What the attention layers of one packed forward need; built once per micro-batch.
+
+    cu_seqlens_q, cu_seqlens_k: int32 [2n+1]; kv_index: int64 [Σk]; all on the model's device.
+    Derived masks are cached here, so every layer of the forward reuses them.
+    """
+
+    cu_seqlens_q: torch.Tensor
+    cu_seqlens_k: torch.Tensor
+    max_seqlen_q: int
+    max_seqlen_k: int
+    kv_index: torch.Tensor
+    backend: str = "auto"
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {self.backend!r}; choose from {BACKENDS}")
+
+    @classmethod
+    def from_batch(cls, batch, backend: str = "auto", device=None) -> PackedAttention:
+        """From a PackedBatch / PackedIndices (moved to ``device`` if given)."""
+        move = (lambda t: t.to(device, non_blocking=True)) if device is not None else (lambda t: t)
+        return cls(move(batch.cu_seqlens_q), move(batch.cu_seqlens_k), batch.max_seqlen_q,
+                   batch.max_seqlen_k, move(batch.kv_index), backend)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.cu_seqlens_q[-1])
+
+    def resolve(self, q: torch.Tensor) -> str:
+        if self.backend != "auto":
+            if self.backend not in available_backends(q.device):
+                raise RuntimeError(f"attention backend {self.backend!r} is not available on "
+                                   f"{q.device}; available: {available_backends(q.device)}")
+            return self.backend
+        if q.device.type != "cuda":
+            return "sdpa"
+        if _flash_varlen() is not None and q.dtype in (torch.float16, torch.bfloat16):
+            return "flash_attn"
+        return "flex"
+
+    def attend(self, q, k, v, scale: float | None = None, dropout: float = 0.0) -> torch.Tensor:
+        """q [T, Hq, D], k/v [T, Hkv, D] over the packed tokens -> [T, Hq, D]."""
+        if q.shape[0] != self.num_tokens or k.shape[0] != self.num_tokens:
+            raise ValueError(f"packed attention expects {self.num_tokens} tokens, got q "
+                             f"{tuple(q.shape)} and k {tuple(k.shape)}")
+        if q.shape[1] % k.shape[1]:
+            raise ValueError(
+                f"{q.shape[1]} query heads are not a multiple of {k.shape[1]} kv heads")
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        backend = self.resolve(q)
+        k, v = k.index_select(0, self.kv_index), v.index_select(0, self.kv_index)
+        return _IMPLS[backend](self, q, k, v, scale, dropout)
+
+    # Segment id and offset of every query and key slot; the mask rule reads only these.
+    def _segments(self, device):
+        if "segments" not in self._cache:
+            cu_q, cu_k = self.cu_seqlens_q.long(), self.cu_seqlens_k.long()
+            q_len, k_len = cu_q.diff(), cu_k.diff()
+            seg = torch.arange(len(q_len), device=device)
+            seg_q = seg.repeat_interleave(q_len, output_size=int(cu_q[-1]))
+            seg_k = seg.repeat_interleave(k_len, output_size=int(cu_k[-1]))
+            # Query j of a segment may see key slots <= j + (Lk - Lq): the last allowed slot.
+            last_q = torch.arange(len(seg_q), device=device) - cu_q[seg_q] + (k_len - q_len)[seg_q]
+            pos_k = torch.arange(len(seg_k), device=device) - cu_k[seg_k]
+            self._cache["segments"] = (seg_q, seg_k, last_q, pos_k)
+        return self._cache["segments"]
+
+    def dense_mask(self, device) -> torch.Tensor:
+        """[T, Σk] bool: query t may attend key slot j."""
+        if "dense" not in self._cache:
+            seg_q, seg_k, last_q, pos_k = self._segments(device)
+            self._cache["dense"] = (seg_q[:, None] == seg_k[None, :]) & (
+                pos_k[None, :] <= last_q[:, None])
+        return self._cache["dense"]
+
+    def block_mask(self, device):
+        if "block" not in self._cache:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            seg_q, seg_k, last_q, pos_k = self._segments(device)
+
+            def allowed(b, h, qi, ki):
+                return (seg_q[qi] == seg_k[ki]) & (pos_k[ki] <= last_q[qi])
+
+            self._cache["block"] = create_block_mask(allowed, None, None, len(seg_q), len(seg_k),
+                                                     device=device)
+        return self._cache["block"]
+
+
+def _sdpa(packed, q, k, v, scale, dropout):
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+        attn_mask=packed.dense_mask(q.device), dropout_p=dropout, scale=scale,
+    )
+    return out.transpose(0, 1)
+
+
+def _flash_attn(packed, q, k, v, scale, dropout):
+    out = _flash_varlen()(
+        q, k, v, packed.cu_seqlens_q, packed.cu_seqlens_k, packed.max_seqlen_q,
+        packed.max_seqlen_k, dropout_p=dropout, softmax_scale=scale, causal=True,
+    )
+    return out[0] if isinstance(out, tuple) else out  # FA3/FA4 may also return the LSE
+
+
+def _torch_varlen_attn(packed, q, k, v, scale, dropout):
+    if dropout:
+        raise ValueError("the torch_varlen backend has no attention dropout")
+    return _torch_varlen()(q, k, v, packed.cu_seqlens_q, packed.cu_seqlens_k, packed.max_seqlen_q,
+                           packed.max_seqlen_k, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True)
+
+
+def _flex(packed, q, k, v, scale, dropout):
+    if dropout:
+        raise ValueError("the flex backend has no attention dropout")
+    out = _compiled_flex()(
+        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+        block_mask=packed.block_mask(q.device), scale=scale, enable_gqa=q.shape[1] != k.shape[1],
+    )
+    return out[0].transpose(0, 1)
+
+
+_IMPLS = {"sdpa": _sdpa, "flash_attn": _flash_attn, "torch_varlen": _torch_varlen_attn,
+          "flex": _flex}
