@@ -1,0 +1,12 @@
+"""Model adapters (one per video-LLM family) and ``PreferenceModel``, the packed forward.
+
+Supported ``config.model_type`` values: llava_onevision, llava_next_video, qwen2_vl,
+qwen2_5_vl, qwen3_vl. transformers is imported only when a model is used.
+"""
+
+from tpo_fast.models.base import VideoLLMAdapter
+from tpo_fast.models.preference_model import PreferenceModel
+from tpo_fast.models.registry import ADAPTERS, SUPPORTED, adapter_class, adapter_for
+
+__all__ = ["ADAPTERS", "SUPPORTED", "PreferenceModel", "VideoLLMAdapter", "adapter_class",
+           "adapter_for"]

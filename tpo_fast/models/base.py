@@ -1,0 +1,124 @@
+"""The model-adapter seam: everything family-specific about running a packed batch.
+
+A Hugging Face video LLM is used unmodified. Its vision tower and projector run once per video
+(through the model's own ``get_video_features``); the features reach the packed sequence through
+the model's own ``mm_encoder_outputs`` argument, so the stock base-model forward scatters them
+into the embeddings and runs the language model with the prefix-shared attention. An adapter
+only knows the family's conventions: video-token counts, the prompt's video placeholder, the
+position ids, which modules are the vision tower and the projector.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+Video = dict  # one video's model inputs, e.g. {"pixel_values_videos": ..., "video_grid_thw": ...}
+
+
+class VideoLLMAdapter:
+    """Base adapter; subclasses set the class attributes and override the hooks they need."""
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    video_placeholder: ClassVar[str] = "<video>"  # what the chat template writes for a video
+    end_of_turn: ClassVar[str | None] = None  # token that ends an answer (None: the EOS token)
+    video_keys: ClassVar[tuple[str, ...]] = ("pixel_values_videos",)
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    # ---- structure -------------------------------------------------------------------------
+    @property
+    def base(self) -> nn.Module:
+        """The model without its LM head (``<Family>Model``)."""
+        return self.model.model
+
+    @property
+    def video_token_id(self) -> int:
+        return int(self.model.config.video_token_id)
+
+    def lm_head_weight(self) -> torch.Tensor:
+        """[V, H] LM-head weight (tied or not)."""
+        return self.model.get_output_embeddings().weight
+
+    def vision_tower(self) -> nn.Module:
+        raise NotImplementedError
+
+    def projector_parameters(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    # ---- video -----------------------------------------------------------------------------
+    def check_video(self, video: Video, where: str = "video") -> None:
+        missing = [k for k in self.video_keys if k not in video]
+        if missing:
+            raise ValueError(f"{where} lacks {missing} (a {type(self).__name__} video needs "
+                             f"{list(self.video_keys)})")
+
+    def num_video_tokens(self, video: Video) -> int:
+        raise NotImplementedError
+
+    def video_features(self, video: Video):
+        """The model's ``get_video_features`` output for one video (vision tower + projector)."""
+        raise NotImplementedError
+
+    def merge_features(self, outputs: list):
+        """Per-video feature outputs, in pair order -> ``mm_encoder_outputs["video"]``."""
+        return SimpleNamespace(pooler_output=torch.cat([o.pooler_output for o in outputs], dim=1))
+
+    # ---- prompt ----------------------------------------------------------------------------
+    def video_token_ids(self, tokenizer, video: Video) -> list[int]:
+        """What replaces the placeholder token: the video tokens, plus any family markup."""
+        return [self.video_token_id] * self.num_video_tokens(video)
+
+    def prompt_ids(self, tokenizer, question: str, video: Video, system: str | None = None,
+                   chat_template: str | None = None) -> list[int]:
+        """Token ids of the chat prompt (generation prompt included) for a question about one
+        video, with the placeholder expanded to the video's tokens."""
+        if not question or not question.strip():
+            raise ValueError("empty question")
+        messages = []
+        if system:
+            messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+        messages.append({"role": "user", "content": [{"type": "video"},
+                                                     {"type": "text", "text": question}]})
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                             chat_template=chat_template)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        placeholder = tokenizer.convert_tokens_to_ids(self.video_placeholder)
+        if ids.count(placeholder) != 1:
+            raise ValueError(f"the rendered prompt holds {ids.count(placeholder)} video "
+                             f"placeholders {self.video_placeholder!r}; expected exactly one")
+        at = ids.index(placeholder)
+        return ids[:at] + self.video_token_ids(tokenizer, video) + ids[at + 1:]
+
+    def response_ids(self, tokenizer, text: str) -> list[int]:
+        """Token ids of an answer, ending with the family's end-of-turn token."""
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text.strip() else []
+        if not ids:
+            raise ValueError("empty response")
+        end = (tokenizer.convert_tokens_to_ids(self.end_of_turn) if self.end_of_turn
+               else tokenizer.eos_token_id)
+        return ids + [end]
+
+    # ---- positions -------------------------------------------------------------------------
+    def position_ids_fn(self, prompt_ids: list, videos: list):
+        """A ``position_ids_fn`` for ``tpo_fast.packing`` (None: plain 1-D positions)."""
+        return None
+
+    def model_position_ids(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """Packed [T] or [D, T] positions -> the shape the base forward takes."""
+        return position_ids[None]
+
+
+def is_frozen(module: nn.Module) -> bool:
+    return not any(p.requires_grad for p in module.parameters())
+
+
+def as_index_list(ids) -> list[int]:
+    if isinstance(ids, torch.Tensor):
+        return ids.tolist()
+    return np.asarray(ids).tolist()

@@ -1,0 +1,63 @@
+"""LLaVA-style families: LLaVA-OneVision (LLaVA-Video-7B-Qwen2 uses it) and LLaVA-NeXT-Video.
+
+Video input: ``{"pixel_values_videos": float [1, F, 3, S, S]}`` (S = the vision tower's
+image_size), one entry per pair. Positions are plain 1-D.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tpo_fast.models.base import Video, VideoLLMAdapter
+
+
+class _LlavaAdapter(VideoLLMAdapter):
+    video_placeholder = "<video>"
+
+    def vision_tower(self):
+        return self.base.vision_tower
+
+    def check_video(self, video: Video, where: str = "video") -> None:
+        super().check_video(video, where)
+        shape = tuple(video["pixel_values_videos"].shape)
+        size = self.model.config.vision_config.image_size
+        if len(shape) != 5 or shape[0] != 1 or shape[2] != 3 or shape[3:] != (size, size):
+            raise ValueError(f"{where}: pixel_values_videos must be [1, frames, 3, {size}, {size}],"
+                             f" got {list(shape)}")
+
+    def _patches_per_side(self) -> int:
+        vision = self.model.config.vision_config
+        return vision.image_size // vision.patch_size
+
+    def video_features(self, video: Video):
+        cfg = self.model.config
+        pixels = video["pixel_values_videos"].to(self.vision_tower().dtype)
+        return self.base.get_video_features(
+            pixels, vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy, return_dict=True,
+        )
+
+
+class LlavaOnevisionAdapter(_LlavaAdapter):
+    model_types = ("llava_onevision",)
+    end_of_turn = "<|im_end|>"
+
+    def projector_parameters(self):
+        return [*self.base.multi_modal_projector.parameters(), self.base.image_newline]
+
+    def num_video_tokens(self, video: Video) -> int:
+        # Per frame: the patch grid pooled 2x2 (bilinear, ceil); then one newline per video.
+        side = math.ceil(self._patches_per_side() / 2)
+        return video["pixel_values_videos"].shape[1] * side * side + 1
+
+
+class LlavaNextVideoAdapter(_LlavaAdapter):
+    model_types = ("llava_next_video",)
+
+    def projector_parameters(self):
+        return [*self.base.multi_modal_projector.parameters(),
+                *self.base.vision_resampler.parameters()]
+
+    def num_video_tokens(self, video: Video) -> int:
+        side = self._patches_per_side() // self.model.config.spatial_pool_stride
+        return video["pixel_values_videos"].shape[1] * side * side

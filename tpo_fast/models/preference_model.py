@@ -1,0 +1,128 @@
+"""PreferenceModel: a Hugging Face video LLM that scores packed preference pairs.
+
+The drop-in API for any training loop: ``hidden_states(batch)`` gives the hidden states that
+predict every response token of a PackedBatch ([N, H], in the model's dtype) and
+``policy_logps(batch)`` the summed log-probs of each response ([n, 2]: chosen, rejected).
+The fused loss (``tpo_fast.kernels``) takes ``hidden_states`` and ``lm_head_weight()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from tpo_fast.attention import BACKENDS, PACKED_KWARG, PackedAttention, packed_forward, register
+from tpo_fast.models.base import as_index_list, is_frozen
+from tpo_fast.models.registry import adapter_for
+from tpo_fast.packing import PackedBatch, pack_pairs
+
+LOGPS_CHUNK = 4096  # scored tokens per LM-head chunk in policy_logps
+
+
+class PreferenceModel(nn.Module):
+    """Wraps a HF video LLM (``<Family>ForConditionalGeneration``) and its adapter.
+
+    Args:
+        model: the Hugging Face model; its language model is switched to the prefix-shared
+            attention (which behaves like ``sdpa`` outside packed forwards).
+        attention_backend: "auto", "flash_attn", "torch_varlen", "flex" or "sdpa".
+        train_vision_tower: train the vision encoder (default: frozen, as in TPO).
+        train_projector: train the vision-to-LLM projector (default: yes, as in TPO).
+    When nothing visual trains, the video features are computed under ``torch.no_grad``; when
+    only the projector trains, the frozen tower records no autograd graph either (its inputs and
+    weights need no gradient).
+    """
+
+    def __init__(self, model: nn.Module, *, attention_backend: str = "auto",
+                 train_vision_tower: bool = False, train_projector: bool = True):
+        super().__init__()
+        self.model = model
+        self.adapter = adapter_for(model)
+        if attention_backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {attention_backend!r}; choose from "
+                             f"{BACKENDS}")
+        self.attention_backend = attention_backend
+        model.set_attn_implementation({"text_config": register()})
+        projector = {id(p) for p in self.adapter.projector_parameters()}
+        for p in self.adapter.vision_tower().parameters():
+            if id(p) not in projector:
+                p.requires_grad_(train_vision_tower)
+        for p in self.adapter.projector_parameters():
+            p.requires_grad_(train_projector)
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.lm_head_weight().device
+
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.adapter.lm_head_weight()
+
+    # ---- building batches --------------------------------------------------------------------
+    def pack(self, prompt_ids, chosen_ids, rejected_ids, videos: list, **kwargs) -> PackedBatch:
+        """``tpo_fast.packing.pack_pairs`` with this family's position ids; one video per pair."""
+        videos = list(videos)
+        for i, video in enumerate(videos):
+            self.adapter.check_video(video, f"pair {i}'s video")
+            expected = self.adapter.num_video_tokens(video)
+            found = as_index_list(prompt_ids[i]).count(self.adapter.video_token_id)
+            if found != expected:
+                raise ValueError(f"pair {i}: the prompt holds {found} video tokens but its video "
+                                 f"makes {expected}")
+        for name, rows in (("chosen", chosen_ids), ("rejected", rejected_ids)):
+            for i, row in enumerate(rows):
+                if self.adapter.video_token_id in as_index_list(row):
+                    raise ValueError(f"pair {i}: the {name} response holds a video token")
+        prompts = [as_index_list(p) for p in prompt_ids]
+        return pack_pairs(prompts, chosen_ids, rejected_ids, videos=videos,
+                          position_ids_fn=self.adapter.position_ids_fn(prompts, videos), **kwargs)
+
+    # ---- forward -----------------------------------------------------------------------------
+    def encode_videos(self, videos: list):
+        """Vision tower + projector, once per video, in pair order."""
+        device = self.device
+        frozen = is_frozen(self.adapter.vision_tower()) and not any(
+            p.requires_grad for p in self.adapter.projector_parameters())
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            outputs = [self.adapter.video_features(
+                {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in video.items()}) for video in videos]
+        return self.adapter.merge_features(outputs)
+
+    def hidden_states(self, batch: PackedBatch) -> torch.Tensor:
+        """[N, H]: the hidden state that predicts each scored token (``batch.logit_index``)."""
+        if not batch.videos or len(batch.videos) != batch.n_pairs:
+            raise ValueError(f"the batch needs one video per pair ({batch.n_pairs} pairs, "
+                             f"{len(batch.videos or [])} videos)")
+        device = self.device
+        features = self.encode_videos(batch.videos)
+        packed = PackedAttention.from_batch(batch, self.attention_backend, device)
+        with packed_forward():
+            out = self.adapter.base(
+                input_ids=batch.input_ids[None].to(device),
+                position_ids=self.adapter.model_position_ids(batch.position_ids).to(device),
+                mm_encoder_outputs={"video": features},
+                use_cache=False,
+                **{PACKED_KWARG: packed},
+            )
+        return out.last_hidden_state[0].index_select(0, batch.logit_index.to(device))
+
+    forward = hidden_states
+
+    def policy_logps(self, batch: PackedBatch) -> torch.Tensor:
+        """[n, 2] float32 summed log-probs of the chosen and rejected responses."""
+        hidden = self.hidden_states(batch)
+        weight = self.lm_head_weight()
+        targets = batch.target_ids.to(hidden.device)
+        token_logps = torch.cat([
+            _token_logps(hidden[s:s + LOGPS_CHUNK], weight, targets[s:s + LOGPS_CHUNK])
+            for s in range(0, len(targets), LOGPS_CHUNK)
+        ])
+        sums = torch.zeros(2 * batch.n_pairs, dtype=torch.float32, device=hidden.device)
+        return sums.index_add(0, batch.seq_id.to(hidden.device), token_logps).view(-1, 2)
+
+
+def _token_logps(hidden, weight, targets):
+    logits = (hidden @ weight.T).float()
+    return logits.gather(1, targets[:, None])[:, 0] - logits.logsumexp(-1)
