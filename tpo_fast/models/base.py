@@ -41,6 +41,19 @@ class VideoLLMAdapter:
     def video_token_id(self) -> int:
         return int(self.model.config.video_token_id)
 
+    def use_attention(self, name: str) -> None:
+        """Switch the language model (only) to the attention implementation ``name``."""
+        self.model.set_attn_implementation({"text_config": name})
+
+    def decoder_hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                              video_features, **attention_kwargs) -> torch.Tensor:
+        """[1, T, H] final hidden states of the packed sequence: the stock base-model forward,
+        given the precomputed video features and the packed-attention kwargs."""
+        out = self.base(input_ids=input_ids, position_ids=position_ids,
+                        mm_encoder_outputs={"video": video_features}, use_cache=False,
+                        **attention_kwargs)
+        return out.last_hidden_state
+
     def lm_head_weight(self) -> torch.Tensor:
         """[V, H] LM-head weight (tied or not)."""
         return self.model.get_output_embeddings().weight

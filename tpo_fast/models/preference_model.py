@@ -44,7 +44,7 @@ class PreferenceModel(nn.Module):
             raise ValueError(f"unknown attention backend {attention_backend!r}; choose from "
                              f"{BACKENDS}")
         self.attention_backend = attention_backend
-        model.set_attn_implementation({"text_config": register()})
+        self.adapter.use_attention(register())
         projector = {id(p) for p in self.adapter.projector_parameters()}
         for p in self.adapter.vision_tower().parameters():
             if id(p) not in projector:
@@ -99,14 +99,12 @@ class PreferenceModel(nn.Module):
         features = self.encode_videos(batch.videos)
         packed = PackedAttention.from_batch(batch, self.attention_backend, device)
         with packed_forward():
-            out = self.adapter.base(
-                input_ids=batch.input_ids[None].to(device),
-                position_ids=self.adapter.model_position_ids(batch.position_ids).to(device),
-                mm_encoder_outputs={"video": features},
-                use_cache=False,
-                **{PACKED_KWARG: packed},
+            hidden = self.adapter.decoder_hidden_states(
+                batch.input_ids[None].to(device),
+                self.adapter.model_position_ids(batch.position_ids).to(device),
+                features, **{PACKED_KWARG: packed},
             )
-        return out.last_hidden_state[0].index_select(0, batch.logit_index.to(device))
+        return hidden[0].index_select(0, batch.logit_index.to(device))
 
     forward = hidden_states
 
