@@ -116,3 +116,43 @@ def write_result(name: str, payload: dict, out: str | Path | None = None) -> Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": name, "environment": env, **payload}, indent=2) + "\n")
     return out
+
+
+def timed_after(setup: Callable[[], object], fn: Callable[[object], object], *, reps: int = 5,
+                warmup: int = 1) -> dict:
+    """Like ``timed``, but each run first calls ``setup()`` untimed and then times
+    ``fn(setup())`` (e.g. a backward pass after its forward)."""
+    if reps < 1:
+        raise ValueError("reps must be >= 1")
+    for _ in range(warmup):
+        fn(setup())
+    times = []
+    for _ in range(reps):
+        state = setup()
+        _cuda_sync()
+        start = time.perf_counter()
+        fn(state)
+        _cuda_sync()
+        times.append(time.perf_counter() - start)
+    times.sort()
+
+    def q(f: float) -> float:
+        return times[min(len(times) - 1, round(f * (len(times) - 1)))]
+
+    return {"median_s": statistics.median(times), "p20_s": q(0.2), "p80_s": q(0.8),
+            "min_s": times[0], "reps": reps}
+
+
+def peak_extra_memory(fn: Callable[[], object], *, exclude_bytes: int = 0) -> int | None:
+    """Peak CUDA memory allocated while ``fn()`` runs, above what was allocated before it,
+    minus ``exclude_bytes`` (e.g. the gradients it returns); None without CUDA."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before - exclude_bytes

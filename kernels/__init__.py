@@ -1,6 +1,45 @@
 """tpo_fast.kernels: Triton kernels with their launchers, autograd Functions and plain-torch
 references. Self-contained: depends on torch and triton only (installed from the top-level
-``kernels/`` folder as ``tpo_fast.kernels``).
+``kernels/`` folder as ``tpo_fast.kernels``). triton is imported only when the Triton path is
+used (lazily), so the torch references work without it.
 
-Nothing is exported yet; the fused LM head + log-prob gather + DPO/SFT loss lands here.
+The op: fused LM head + log-prob gather + DPO/SFT loss for packed preference pairs.
+
+* ``preference_loss(hidden, weight, target_ids, seq_id, ref_logps, beta, sft_weight,
+  loss_type, label_smoothing, *, num_pairs, dpo_normalizer, sft_normalizer, impl, ...)``
+  -> ``(loss, metrics)`` — Triton on CUDA tensors, the chunked torch reference otherwise
+  (``preference_loss.py``).
+* ``dpo_sft_loss(token_logps, seq_id, ...)`` — the same loss on precomputed token log-probs.
+* ``linear_logprobs(hidden, weight, target_ids, impl=...)`` — token log-probs only.
+* ``fused_linear_logprobs`` / ``FusedLinearLogProbs`` — the Triton path
+  (``fused_logprobs.py``: kernels, launchers, autograd.Function, functional).
+* ``chunked_linear_logprobs`` / ``naive_linear_logprobs`` — the torch references
+  (``reference.py``; naive is for tests and benchmarks only).
+
+Environment variables (all of them, for this package):
+
+* ``TPO_FAST_AUTOTUNE=1`` — autotune the Triton kernels over a small config list (keyed on N
+  rounded up to a power of two, V and H) instead of the pinned default configs; read at
+  import; never applies with ``skip_eps > 0``.
+* ``TRITON_INTERPRET=1`` — triton's own: run the Triton kernels on CPU tensors in the
+  interpreter (slow); must be set before triton is imported. The tests set it without a GPU.
 """
+
+from __future__ import annotations
+
+from .preference_loss import LOSS_TYPES, dpo_sft_loss, linear_logprobs, preference_loss
+from .reference import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
+
+_TRITON_EXPORTS = ("fused_linear_logprobs", "FusedLinearLogProbs", "linear_logprobs_fwd",
+                   "linear_logprobs_bwd")
+
+__all__ = ["CHUNK_TOKENS", "LOSS_TYPES", "chunked_linear_logprobs", "dpo_sft_loss",
+           "linear_logprobs", "naive_linear_logprobs", "preference_loss", *_TRITON_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _TRITON_EXPORTS:
+        from . import fused_logprobs as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
