@@ -1,12 +1,14 @@
 """Model adapters (one per video-LLM family) and ``PreferenceModel``, the packed forward.
 
 Supported ``config.model_type`` values: llava_onevision, llava_next_video, qwen2_vl,
-qwen2_5_vl, qwen3_vl. transformers is imported only when a model is used.
+qwen2_5_vl, qwen3_vl, and longva (LLaVA-NeXT-format LongVA checkpoints: ``load_longva``,
+``save_longva``). transformers is imported only when a model is used.
 """
 
 from tpo_fast.models.base import VideoLLMAdapter
+from tpo_fast.models.longva_checkpoint import load_longva, save_longva
 from tpo_fast.models.preference_model import PreferenceModel
 from tpo_fast.models.registry import ADAPTERS, SUPPORTED, adapter_class, adapter_for
 
 __all__ = ["ADAPTERS", "SUPPORTED", "PreferenceModel", "VideoLLMAdapter", "adapter_class",
-           "adapter_for"]
+           "adapter_for", "load_longva", "save_longva"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from tpo_fast.models.base import VideoLLMAdapter
 from tpo_fast.models.llava import LlavaNextVideoAdapter, LlavaOnevisionAdapter
+from tpo_fast.models.longva import LongVAAdapter
 from tpo_fast.models.qwen_vl import Qwen2_5VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
 
 ADAPTERS: dict[str, type[VideoLLMAdapter]] = {
     t: cls
     for cls in (LlavaOnevisionAdapter, LlavaNextVideoAdapter, Qwen2VLAdapter, Qwen2_5VLAdapter,
-                Qwen3VLAdapter)
+                Qwen3VLAdapter, LongVAAdapter)
     for t in cls.model_types
 }
 SUPPORTED = tuple(sorted(ADAPTERS))

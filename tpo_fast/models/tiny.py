@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-FAMILIES = ("llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+FAMILIES = ("llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "longva")
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<video>",
                   "<image>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>",
@@ -42,6 +42,7 @@ CHAT_TEMPLATES = {
     "qwen2_vl": _CHATML.replace("VIDEO", "<|vision_start|><|video_pad|><|vision_end|>"),
 }
 CHAT_TEMPLATES["qwen2_5_vl"] = CHAT_TEMPLATES["qwen3_vl"] = CHAT_TEMPLATES["qwen2_vl"]
+CHAT_TEMPLATES["longva"] = _CHATML.replace("VIDEO", "<image>\n")  # LongVA renders its own prompt
 
 
 def tiny_tokenizer(family: str, words: list[str] | None = None):
@@ -75,6 +76,8 @@ def tiny_config(family: str, tokenizer, frame_size: int = 16, hidden: int = 32, 
                 num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                 max_position_embeddings=8192, bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
                 pad_token_id=ids["<pad>"], tie_word_embeddings=False)
+    if family == "longva":
+        return _tiny_longva_config(text, frame_size)
     if family.startswith("llava"):
         vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                       num_attention_heads=2, image_size=frame_size, patch_size=4)
@@ -118,6 +121,10 @@ def tiny_model(family: str, tokenizer, *, seed: int = 0, attn_implementation: st
 
     config = tiny_config(family, tokenizer, **config_kwargs)
     torch.manual_seed(seed)
+    if family == "longva":  # not a transformers model class: CLIP + projector + Qwen2 composed
+        from tpo_fast.models.longva import LongVAForCausalLM
+
+        return LongVAForCausalLM(config, attn_implementation=attn_implementation).to(dtype).eval()
     model = AutoModelForImageTextToText.from_config(config, attn_implementation=attn_implementation,
                                                     dtype=dtype)
     return model.eval()
@@ -128,7 +135,7 @@ def random_video(family: str, config, frames: int, seed: int = 0, fps: float = 2
     """Random model inputs for one video of ``frames`` frames (what preprocessing would make)."""
     _check_family(family)
     g = torch.Generator().manual_seed(seed)
-    if family.startswith("llava"):
+    if family.startswith(("llava", "longva")):
         size = config.vision_config.image_size
         return {"pixel_values_videos": torch.randn(1, frames, 3, size, size, generator=g)}
     vision = config.vision_config
@@ -144,6 +151,22 @@ def random_video(family: str, config, frames: int, seed: int = 0, fps: float = 2
     if family == "qwen3_vl":
         video["frame_timestamps"] = [i / fps for i in range(frames)]
     return video
+
+
+def _tiny_longva_config(text: dict, frame_size: int):
+    """A LongVA config: its LLaVA-NeXT config.json fields (tiny sizes) and a tiny CLIP tower."""
+    from tpo_fast.models.longva import LongVAConfig
+
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=frame_size, patch_size=4)
+    llava = dict(text, architectures=["LlavaQwenForCausalLM"], model_type="llava_qwen",
+                 hidden_act="silu", rms_norm_eps=1e-6, rope_theta=1e6, use_sliding_window=False,
+                 torch_dtype="float32", mm_vision_tower="tiny-random-clip", mm_hidden_size=16,
+                 mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
+                 mm_vision_select_feature="patch", mm_patch_merge_type="unires",
+                 mm_spatial_pool_mode="average", mm_spatial_pool_stride=2,
+                 mm_resampler_type=None, mm_use_im_start_end=False, image_aspect_ratio="anyres")
+    return LongVAConfig(llava, vision)
 
 
 def _check_family(family: str) -> None:
