@@ -95,7 +95,10 @@ def check_equivalence(family, n_pairs, seed, one_token=False, **model_options):
             assert p.grad is None, name
             continue
         assert p.grad is not None, name
-        torch.testing.assert_close(p.grad, ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+        # fp32 sums over many tokens in a different order: absolute error scales with the
+        # gradient's largest entry, not with each (possibly tiny) element
+        scale = max(1.0, float(ref.grad.abs().max()))
+        torch.testing.assert_close(p.grad, ref.grad, rtol=1e-4, atol=1e-6 * scale, msg=name)
         checked += 1
     assert checked > 10
     return fast, batch
