@@ -6,9 +6,9 @@ qwen2_5_vl, qwen3_vl, and longva (LLaVA-NeXT-format LongVA checkpoints: ``load_l
 """
 
 from tpo_fast.models.base import VideoLLMAdapter
-from tpo_fast.models.longva_checkpoint import load_longva, save_longva
+from tpo_fast.models.longva_checkpoint import is_longva_checkpoint, load_longva, save_longva
 from tpo_fast.models.preference_model import PreferenceModel
 from tpo_fast.models.registry import ADAPTERS, SUPPORTED, adapter_class, adapter_for
 
 __all__ = ["ADAPTERS", "SUPPORTED", "PreferenceModel", "VideoLLMAdapter", "adapter_class",
-           "adapter_for", "load_longva", "save_longva"]
+           "adapter_for", "is_longva_checkpoint", "load_longva", "save_longva"]

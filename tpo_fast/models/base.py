@@ -78,6 +78,14 @@ class VideoLLMAdapter:
         """The model's ``get_video_features`` output for one video (vision tower + projector)."""
         raise NotImplementedError
 
+    def batch_video_features(self, videos: list[Video]):
+        """All of a micro-batch's videos (pair order) through the vision tower in one call,
+        equal to ``merge_features([video_features(v) for v in videos])``. One call per
+        micro-batch whatever its number of videos: under ZeRO-3 every rank must run the same
+        modules the same number of times (parameter gathers are collectives). Families override
+        this; the default (one call per video) is only safe without ZeRO-3."""
+        return self.merge_features([self.video_features(v) for v in videos])
+
     def merge_features(self, outputs: list):
         """Per-video feature outputs, in pair order -> ``mm_encoder_outputs["video"]``."""
         return SimpleNamespace(pooler_output=torch.cat([o.pooler_output for o in outputs], dim=1))

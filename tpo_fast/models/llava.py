@@ -7,6 +7,9 @@ image_size), one entry per pair. Positions are plain 1-D.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
+
+import torch
 
 from tpo_fast.models.base import Video, VideoLLMAdapter
 
@@ -38,12 +41,32 @@ class _LlavaAdapter(VideoLLMAdapter):
         )
 
 
+    def batch_video_features(self, videos: list[Video]):
+        """Every frame of every video as a one-frame video, in one call (the tower, projector
+        and pooling work frame by frame), regrouped per video by ``_regroup``."""
+        frames = [v["pixel_values_videos"][0] for v in videos]
+        out = self.video_features({"pixel_values_videos": torch.cat(frames)[:, None]})
+        return SimpleNamespace(
+            pooler_output=self._regroup(out.pooler_output, [f.shape[0] for f in frames]))
+
+    def _regroup(self, per_frame: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """[sum F, tokens per one-frame video, H] -> [1, all videos' tokens, H]."""
+        return per_frame.reshape(1, -1, per_frame.shape[-1])
+
+
 class LlavaOnevisionAdapter(_LlavaAdapter):
     model_types = ("llava_onevision",)
     end_of_turn = "<|im_end|>"
 
     def projector_parameters(self):
         return [*self.base.multi_modal_projector.parameters(), self.base.image_newline]
+
+    def _regroup(self, per_frame, counts):
+        # each one-frame video ends with the newline; a video ends with one newline in all
+        parts = []
+        for rows in per_frame.split(counts):
+            parts += [rows[:, :-1].reshape(-1, rows.shape[-1]), rows[-1, -1:]]
+        return torch.cat(parts)[None]
 
     def num_video_tokens(self, video: Video) -> int:
         # Per frame: the patch grid pooled 2x2 (bilinear, ceil); then one newline per video.

@@ -282,6 +282,10 @@ class LongVAAdapter(_LlavaAdapter):
         return SimpleNamespace(
             pooler_output=self.model.get_video_features(video["pixel_values_videos"][0])[None])
 
+    def batch_video_features(self, videos: list[Video]):
+        frames = torch.cat([v["pixel_values_videos"][0] for v in videos])
+        return SimpleNamespace(pooler_output=self.model.get_video_features(frames)[None])
+
     def prompt_ids(self, tokenizer, question: str, video: Video, system: str | None = None,
                    chat_template: str | None = None) -> list[int]:
         """LongVA's ``qwen_1_5`` conversation with ``<image>\\n`` before the question; the text

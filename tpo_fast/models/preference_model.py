@@ -80,15 +80,14 @@ class PreferenceModel(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------
     def encode_videos(self, videos: list):
-        """Vision tower + projector, once per video, in pair order."""
+        """Vision tower + projector over all videos (pair order) in one call per micro-batch."""
         device = self.device
         frozen = is_frozen(self.adapter.vision_tower()) and not any(
             p.requires_grad for p in self.adapter.projector_parameters())
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            outputs = [self.adapter.video_features(
+            return self.adapter.batch_video_features([
                 {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                 for k, v in video.items()}) for video in videos]
-        return self.adapter.merge_features(outputs)
+                 for k, v in video.items()} for video in videos])
 
     def hidden_states(self, batch: PackedBatch) -> torch.Tensor:
         """[N, H]: the hidden state that predicts each scored token (``batch.logit_index``)."""

@@ -47,6 +47,14 @@ class Qwen2VLAdapter(VideoLLMAdapter):
         grid = self._grid(video).to(video["pixel_values_videos"].device)
         return self.base.get_video_features(video["pixel_values_videos"], grid, return_dict=True)
 
+    def batch_video_features(self, videos: list[Video]):
+        """One call: the tower attends within each video's grid (``video_grid_thw`` rows) and
+        splits its output per video."""
+        device = videos[0]["pixel_values_videos"].device
+        pixels = torch.cat([v["pixel_values_videos"] for v in videos])
+        grid = torch.cat([self._grid(v) for v in videos]).to(device)
+        return self.merge_features([self.base.get_video_features(pixels, grid, return_dict=True)])
+
     def merge_features(self, outputs):
         return SimpleNamespace(
             pooler_output=tuple(itertools.chain.from_iterable(o.pooler_output for o in outputs)))
