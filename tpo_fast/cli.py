@@ -62,19 +62,97 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace):
+    from tpo_fast.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train with DPO + SFT (TPO) on a pairs file, as a YAML config and key=value overrides say."""
+    from tpo_fast.train.loop import train
+
+    summary = train(_config(args))
+    if summary.get("world_size", 1) == 1 or _rank() == 0:
+        print(f"tpo-fast train: {summary['steps']} steps in {summary['seconds']:.1f} s; final "
+              f"model in {summary['final_model']}")
+    return 0
+
+
+def cmd_ref_logps(args: argparse.Namespace) -> int:
+    """Store the reference model's log-probs with the pairs (one no-grad packed pass)."""
+    from tpo_fast.train.ref_logps import compute_ref_logps
+
+    compute_ref_logps(_config(args), out=args.out, device=args.device)
+    return 0
+
+
+def cmd_make_pairs(args: argparse.Namespace) -> int:
+    """Write a small synthetic pairs set (colour videos) for the tiny embedded default."""
+    from tpo_fast.data.synthetic import make_pairs
+
+    path = make_pairs(args.out_dir, n_pairs=args.pairs, n_videos=args.videos, seed=args.seed)
+    print(f"tpo-fast make-pairs: wrote {args.pairs} pairs and {args.videos} videos -> {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The embedded default: synthetic pairs + a tiny model, trained end to end on CPU."""
+    from pathlib import Path
+
+    from tpo_fast.config import load_config
+    from tpo_fast.data.synthetic import make_pairs
+    from tpo_fast.train.loop import train
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+    cfg = load_config(config if config.is_file() else None, args.overrides)
+    pairs = Path(cfg.data.train)
+    if not pairs.is_file():
+        make_pairs(pairs.parent, seed=cfg.run.seed)
+        print(f"tpo-fast demo: wrote synthetic pairs -> {pairs}")
+    summary = train(cfg, command="tpo-fast demo " + " ".join(args.overrides))
+    print(f"tpo-fast demo: {summary['steps']} steps in {summary['seconds']:.1f} s; metrics in "
+          f"{Path(cfg.run.output_dir) / 'metrics.jsonl'}, plot {summary.get('plot')}, final "
+          f"model in {summary['final_model']}")
+    return 0
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", 0))
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="a YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides, e.g. loss.beta=0.2 optim.lr=1e-6")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tpo-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     plan = sub.add_parser("plan", help=cmd_plan.__doc__)
     _add_plan_args(plan, pairs=10_000, world_size=8)
     plan.set_defaults(func=cmd_plan)
-    demo = sub.add_parser(
-        "demo",
-        help="the embedded default run (until the trainer lands: the packing planner on a "
-             "synthetic preference set)",
-    )
-    _add_plan_args(demo, pairs=10_000, world_size=8)
-    demo.set_defaults(func=cmd_plan)
+    demo = sub.add_parser("demo", help=cmd_demo.__doc__)
+    demo.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="overrides of configs/tiny.yaml")
+    demo.set_defaults(func=cmd_demo)
+    train = sub.add_parser("train", help=cmd_train.__doc__)
+    _add_config_args(train)
+    train.set_defaults(func=cmd_train)
+    ref = sub.add_parser("ref-logps", help=cmd_ref_logps.__doc__)
+    _add_config_args(ref)
+    ref.add_argument("--out", help="write here instead of rewriting data.train")
+    ref.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ref.set_defaults(func=cmd_ref_logps)
+    pairs = sub.add_parser("make-pairs", help=cmd_make_pairs.__doc__)
+    pairs.add_argument("out_dir")
+    pairs.add_argument("--pairs", type=int, default=48)
+    pairs.add_argument("--videos", type=int, default=8)
+    pairs.add_argument("--seed", type=int, default=0)
+    pairs.set_defaults(func=cmd_make_pairs)
     return parser
 
 
@@ -82,9 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError) as exc:  # bad input: one clear line, no traceback
+    except (ValueError, TypeError, FileNotFoundError) as exc:  # bad input: one clear line
         print(f"tpo-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from tpo_fast.train.loop import TrainingError
+
+        if not isinstance(exc, TrainingError):
+            raise
+        print(f"tpo-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -57,6 +57,9 @@ class DataConfig:
     skip_invalid: bool = False  # skip (and count) malformed pairs instead of failing
     system_prompt: str | None = None
     decode_threads: int = 4
+    # Qwen-VL resize bounds in pixels per frame (None: the processor's defaults)
+    min_pixels: int | None = None
+    max_pixels: int | None = None
 
 
 @dataclass

@@ -1,0 +1,123 @@
+"""The TPO objective as one ``nn.Module`` (what DeepSpeed wraps), and the frozen reference.
+
+Fast path: packed prefix-shared forward (``PreferenceModel.hidden_states``) + the fused LM-head /
+log-prob / DPO+SFT loss (``tpo_fast.kernels.preference_loss``: Triton on CUDA, the chunked torch
+reference on CPU). Slow path (``run.path=slow``, the obvious one, for equality checks): each pair
+as two unpadded rows (prompt + chosen, prompt + rejected) through the stock Hugging Face forward,
+full logits, ``log_softmax``, and the same loss formula on the gathered token log-probs.
+
+Under ZeRO-3 the LM-head weight (and any parameter a model reads outside its submodules'
+forwards, e.g. LLaVA-OneVision's ``image_newline``) is registered as an external parameter of
+this module, so DeepSpeed gathers it for the forward and its gradient reaches the partition.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tpo_fast.kernels import dpo_sft_loss, preference_loss
+from tpo_fast.packing import PackedBatch
+
+
+def _register_external(owner: nn.Module, policy) -> None:
+    """ZeRO-3: parameters used outside their module's forward must be gathered for ``owner``."""
+    try:
+        from deepspeed.zero import register_external_parameter
+    except ImportError:  # no DeepSpeed: nothing is partitioned
+        return
+    params = [policy.lm_head_weight(), *policy.adapter.base._parameters.values()]
+    for p in params:
+        if isinstance(p, nn.Parameter):  # a no-op unless ZeRO-3 partitions it
+            register_external_parameter(owner, p)
+
+
+class TPOObjective(nn.Module):
+    """``forward(batch, ref_logps, dpo_normalizer, sft_normalizer) -> (loss, metrics)``.
+
+    The loss is this micro-batch's share of the optimizer step's loss: Σ DPO_i / step pairs +
+    α · Σ chosen-token NLL / step chosen tokens, so micro-batch losses add up exactly.
+    metrics: per-pair ``chosen_rewards``, ``rejected_rewards``, ``margins``,
+    ``reward_accuracy`` and ``policy_logps``; scalars ``dpo_loss``, ``nll_loss`` (unweighted
+    by α), ``chosen_tokens``.
+    """
+
+    def __init__(self, policy, loss_cfg, path: str = "fast"):
+        super().__init__()
+        if path not in ("fast", "slow"):
+            raise ValueError(f"path must be 'fast' or 'slow', got {path!r}")
+        self.policy = policy
+        self.loss_cfg = loss_cfg
+        self.path = path
+        _register_external(self, policy)
+
+    def _loss_kwargs(self, batch: PackedBatch, dpo_normalizer, sft_normalizer) -> dict:
+        c = self.loss_cfg
+        return dict(beta=c.beta, sft_weight=c.sft_weight, loss_type=c.loss_type,
+                    label_smoothing=c.label_smoothing, num_pairs=batch.n_pairs,
+                    dpo_normalizer=dpo_normalizer, sft_normalizer=sft_normalizer)
+
+    def forward(self, batch: PackedBatch, ref_logps: torch.Tensor | None,
+                dpo_normalizer: float, sft_normalizer: float):
+        kwargs = self._loss_kwargs(batch, dpo_normalizer, sft_normalizer)
+        if self.path == "slow":
+            token_logps, seq_id = unpacked_token_logps(self.policy, batch)
+            return dpo_sft_loss(token_logps, seq_id, ref_logps, **kwargs)
+        hidden = self.policy.hidden_states(batch)
+        device = hidden.device
+        return preference_loss(hidden, self.policy.lm_head_weight(),
+                               batch.target_ids.to(device), batch.seq_id.to(device),
+                               None if ref_logps is None else ref_logps.to(device), **kwargs)
+
+
+def unpacked_token_logps(policy, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The slow path: fp32 token log-probs of every response token (chosen then rejected, pair
+    by pair) from two unpacked rows per pair through the stock forward, and their seq ids."""
+    model, adapter = policy.model, policy.adapter
+    device = policy.device
+    ids = batch.input_ids.tolist()
+    offsets = batch.pair_offsets.tolist()
+    lens = _segment_lengths(batch)
+    out, seq = [], []
+    for i, video in enumerate(batch.videos):
+        start = offsets[i]
+        p, c, r = lens[i]
+        prompt = ids[start:start + p]
+        responses = (ids[start + p:start + p + c], ids[start + p + c:start + p + c + r])
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in video.items()
+                  if k != "frame_timestamps"}
+        for k, response in enumerate(responses):
+            row = torch.tensor([prompt + response], device=device)
+            extra = {}
+            if "video_grid_thw" in inputs:  # Qwen-VL: M-RoPE needs the token types
+                extra["mm_token_type_ids"] = (row == adapter.video_token_id).long() * 2
+            logits = model(input_ids=row, **inputs, **extra).logits[0].float()
+            logps = logits[p - 1:-1].log_softmax(-1)
+            out.append(logps.gather(1, torch.tensor(response, device=device)[:, None])[:, 0])
+            seq.append(torch.full((len(response),), 2 * i + k, dtype=torch.long))
+    return torch.cat(out), torch.cat(seq).to(device)
+
+
+def _segment_lengths(batch: PackedBatch) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) lengths per pair, from the batch's seq ids and offsets."""
+    counts = torch.bincount(batch.seq_id.long(), minlength=2 * batch.n_pairs).view(-1, 2)
+    sizes = batch.pair_offsets.diff().tolist()
+    return [(sizes[i] - int(c) - int(r), int(c), int(r))
+            for i, (c, r) in enumerate(counts.tolist())]
+
+
+class ReferenceScorer(nn.Module):
+    """A frozen copy of the starting policy: ``forward(batch) -> [n, 2]`` summed log-probs."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+        self.policy.requires_grad_(False)
+        _register_external(self, policy)
+
+    @torch.no_grad()
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        return self.policy.policy_logps(batch)
+
+
+__all__ = ["ReferenceScorer", "TPOObjective", "unpacked_token_logps"]
