@@ -10,7 +10,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("cli", "kernels", "packing")
+_SUBPACKAGES = ("attention", "cli", "curate", "data", "kernels", "models", "packing", "train",
+                "video")
 
 
 def __getattr__(name: str):

@@ -1,0 +1,24 @@
+"""Video I/O for TPO: frame plans, decoders (PyAV, DALI CPU, DALI GPU) and per-model
+preprocessing.
+
+    info = probe("clip.mp4")                          # fps, frames, duration, codec, size
+    plan = FramePlan.segment(info, 12.0, 20.0, 32)    # or uniform / complement / incomplete ...
+    frames = decode(info, plan.indices)               # uint8 [32, H, W, 3]
+    inputs = preprocess_video(frames, model.config, timestamps=plan.timestamps)
+    inputs, plan = load_video_inputs("clip.mp4", model.config, num_frames=32)   # all of it
+
+DALI is imported only when a DALI backend runs; PyAV when a file is first probed.
+"""
+
+from tpo_fast.video.decoders import BACKENDS, choose_backend, decode, decode_many
+from tpo_fast.video.errors import VideoDecodeError
+from tpo_fast.video.info import VideoInfo, probe
+from tpo_fast.video.loader import VideoLoader, load_video_inputs, resolve_plan
+from tpo_fast.video.plans import FramePlan
+from tpo_fast.video.preprocess import preprocess_video, supported_families
+
+__all__ = [
+    "BACKENDS", "FramePlan", "VideoDecodeError", "VideoInfo", "VideoLoader", "choose_backend",
+    "decode", "decode_many", "load_video_inputs", "preprocess_video", "probe", "resolve_plan",
+    "supported_families",
+]
