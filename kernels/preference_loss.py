@@ -7,7 +7,11 @@ reference (otherwise), sums them per sequence, and applies the preference loss o
 tokens of pair ``i`` and ``2i + 1`` its rejected tokens (DESIGN.md, PackedBatch), in any order
 and of any lengths; every pair needs at least one chosen and one rejected token.
 
-    loss = Σ_i DPO_i / dpo_normalizer + sft_weight · Σ_{chosen tokens} NLL / sft_normalizer
+    loss = dpo_weight · Σ_i DPO_i / dpo_normalizer
+           + sft_weight · Σ_{chosen tokens} NLL / sft_normalizer
+
+(``dpo_weight`` defaults to 1; 0 with ``sft_weight > 0`` is plain SFT on the chosen responses,
+with the DPO metrics still reported.)
 
 With the default normalisers (n pairs in this call; chosen tokens in this call) this is TPO's
 ``mean_i DPO_i + α · token-mean NLL of the chosen responses``. Under gradient accumulation pass
@@ -99,7 +103,8 @@ def dpo_sft_loss(token_logps: torch.Tensor, seq_id: torch.Tensor,
                  label_smoothing: float = 0.0, *, num_pairs: int | None = None,
                  dpo_normalizer: float | torch.Tensor | None = None,
                  sft_normalizer: float | torch.Tensor | None = None,
-                 check_inputs: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                 check_inputs: bool = True, dpo_weight: float = 1.0
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The preference loss on token log-probs [N] (differentiable); see the module docstring.
 
     Returns ``(loss, metrics)``; metrics are detached, in token_logps' float dtype:
@@ -113,7 +118,7 @@ def dpo_sft_loss(token_logps: torch.Tensor, seq_id: torch.Tensor,
         raise ValueError(f"token_logps must be [N]; got {tuple(token_logps.shape)}")
     n = _check_pairs(seq_id, token_logps.shape[0], num_pairs, ref_logps, check_inputs)
     return _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, loss_type,
-                 label_smoothing, dpo_normalizer, sft_normalizer)
+                 label_smoothing, dpo_normalizer, sft_normalizer, dpo_weight)
 
 
 def _check_loss_args(beta, loss_type, label_smoothing) -> None:
@@ -129,7 +134,7 @@ def _check_loss_args(beta, loss_type, label_smoothing) -> None:
 
 
 def _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, loss_type, label_smoothing,
-          dpo_normalizer, sft_normalizer):
+          dpo_normalizer, sft_normalizer, dpo_weight=1.0):
     dtype = token_logps.dtype
     seq_id = seq_id.long()
     seq_logps = token_logps.new_zeros(2 * n).index_add(0, seq_id, token_logps)
@@ -158,7 +163,9 @@ def _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, loss_type, label_
     chosen_tokens = chosen.sum()
     nll_sum = -(token_logps * chosen).sum()
     nll_loss = nll_sum / (chosen_tokens if sft_normalizer is None else sft_normalizer)
-    loss = dpo_loss + sft_weight * nll_loss if sft_weight else dpo_loss
+    loss = dpo_weight * dpo_loss if dpo_weight != 1.0 else dpo_loss
+    if sft_weight:
+        loss = loss + sft_weight * nll_loss
 
     with torch.no_grad():
         rewards = beta * log_ratios.detach()
@@ -182,8 +189,8 @@ def preference_loss(hidden: torch.Tensor, weight: torch.Tensor, target_ids: torc
                     dpo_normalizer: float | torch.Tensor | None = None,
                     sft_normalizer: float | torch.Tensor | None = None, impl: str = "auto",
                     check_inputs: bool = True, skip_eps: float = 0.0,
-                    chunk_tokens: int = CHUNK_TOKENS, configs: dict | None = None
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    chunk_tokens: int = CHUNK_TOKENS, configs: dict | None = None,
+                    dpo_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """TPO/DPO loss of packed response tokens, never materialising [N, V] logits (except with
     ``impl="naive"``).
 
@@ -211,4 +218,4 @@ def preference_loss(hidden: torch.Tensor, weight: torch.Tensor, target_ids: torc
                                   check_inputs=check_inputs, skip_eps=skip_eps,
                                   chunk_tokens=chunk_tokens, configs=configs)
     return _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, loss_type,
-                 label_smoothing, dpo_normalizer, sft_normalizer)
+                 label_smoothing, dpo_normalizer, sft_normalizer, dpo_weight)

@@ -204,6 +204,24 @@ def test_num_pairs_reference_free_and_alpha_zero():
     assert torch.allclose(base[0], no_sft + ALPHA * metrics["nll_loss"])
 
 
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+def test_dpo_weight_scales_only_the_dpo_term(impl):
+    hidden, weight, targets, seq_id = make_batch(40, 16, 257, 4, torch.float32, seed=5)
+    ref = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+    grads = {}
+    for w in (0.0, 1.0, 2.5):
+        h = hidden.clone().requires_grad_()
+        loss, m = preference_loss(h, weight, targets, seq_id, ref, 0.1, ALPHA, impl=impl,
+                                  dpo_weight=w)
+        torch.testing.assert_close(loss, w * m["dpo_loss"] + ALPHA * m["nll_loss"])
+        loss.backward()
+        grads[w] = h.grad
+    # the gradient is linear in dpo_weight (0: the chosen tokens' NLL alone)
+    assert not torch.equal(grads[0.0], grads[1.0])
+    torch.testing.assert_close(grads[2.5] - grads[0.0], 2.5 * (grads[1.0] - grads[0.0]),
+                               rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_one_pair_of_one_token_responses(dtype):
     hidden, weight, targets, _ = make_batch(4, 40, 1000, 1, DTYPES[dtype], seed=6)

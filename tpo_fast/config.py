@@ -66,6 +66,7 @@ class DataConfig:
 class LossConfig:
     beta: float = 0.1
     sft_weight: float = 0.0  # α: weight of the chosen responses' token-mean NLL (TPO)
+    dpo_weight: float = 1.0  # 0 with sft_weight > 0: plain SFT on the chosen responses
     loss_type: str = "sigmoid"  # sigmoid | ipo | hinge
     label_smoothing: float = 0.0
     reference: str = "auto"  # precomputed | model | none | auto (precomputed if present)
@@ -126,6 +127,9 @@ class TrainConfig:
             (self.data.token_budget >= 1, "data.token_budget must be >= 1"),
             (self.loss.beta > 0, "loss.beta must be > 0"),
             (self.loss.sft_weight >= 0, "loss.sft_weight must be >= 0"),
+            (self.loss.dpo_weight >= 0, "loss.dpo_weight must be >= 0"),
+            (self.loss.dpo_weight > 0 or self.loss.sft_weight > 0,
+             "loss.dpo_weight and loss.sft_weight cannot both be 0"),
             (self.loss.loss_type in ("sigmoid", "ipo", "hinge"),
              f"loss.loss_type must be sigmoid, ipo or hinge, got {self.loss.loss_type!r}"),
             (0 <= self.loss.label_smoothing < 0.5, "loss.label_smoothing must be in [0, 0.5)"),

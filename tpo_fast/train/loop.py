@@ -120,7 +120,11 @@ class Trainer:
         from tpo_fast.data.dataset import TPODataset
         from tpo_fast.data.pairs import read_pairs
         from tpo_fast.models import PreferenceModel
-        from tpo_fast.train.setup import deepspeed_config, init_distributed, load_tokenizer_and_model
+        from tpo_fast.train.setup import (
+            deepspeed_config,
+            init_distributed,
+            load_tokenizer_and_model,
+        )
 
         self.cfg = cfg
         self.command = command or shlex.join(["tpo-fast", *sys.argv[1:]])
@@ -158,6 +162,8 @@ class Trainer:
     # ---- setup ---------------------------------------------------------------------------------
     def _reference_kind(self) -> str:
         kind = self.cfg.loss.reference
+        if kind == "auto" and self.cfg.loss.dpo_weight == 0:
+            kind = "none"  # plain SFT: the DPO term (and so the reference) is unused
         if kind == "auto":
             kind = "precomputed" if self.dataset.has_ref_logps else "model"
         if kind == "precomputed" and not self.dataset.has_ref_logps:

@@ -53,7 +53,8 @@ class TPOObjective(nn.Module):
 
     def _loss_kwargs(self, batch: PackedBatch, dpo_normalizer, sft_normalizer) -> dict:
         c = self.loss_cfg
-        return dict(beta=c.beta, sft_weight=c.sft_weight, loss_type=c.loss_type,
+        return dict(beta=c.beta, sft_weight=c.sft_weight, dpo_weight=c.dpo_weight,
+                    loss_type=c.loss_type,
                     label_smoothing=c.label_smoothing, num_pairs=batch.n_pairs,
                     dpo_normalizer=dpo_normalizer, sft_normalizer=sft_normalizer)
 
