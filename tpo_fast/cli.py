@@ -117,6 +117,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _curate(argv: list[str]) -> int:
+    from tpo_fast.curate.cli import main as curate_main
+
+    return curate_main(argv)
+
+
 def _rank() -> int:
     import os
 
@@ -147,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--out", help="write here instead of rewriting data.train")
     ref.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     ref.set_defaults(func=cmd_ref_logps)
+    curate = sub.add_parser("curate", add_help=False,
+                            help="build TPO preference pairs from raw videos (self-training "
+                                 "curation); `tpo-fast curate --help` for its options")
+    curate.add_argument("args", nargs=argparse.REMAINDER)
+    curate.set_defaults(func=lambda args: _curate(args.args))
     pairs = sub.add_parser("make-pairs", help=cmd_make_pairs.__doc__)
     pairs.add_argument("out_dir")
     pairs.add_argument("--pairs", type=int, default=48)
@@ -157,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["curate"]:  # its own parser (options and key=value overrides)
+        return _curate(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
