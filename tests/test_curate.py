@@ -457,3 +457,18 @@ def test_cli_synthetic_demo_and_bad_input(tmp_path, capsys, monkeypatch):
     assert curate_main(["--videos", str(tmp_path / "nope"), "policy.kind=annotation",
                         "--output", str(tmp_path / "x")]) == 2
     assert "neither a folder nor a manifest" in capsys.readouterr().err
+
+
+def test_generate_batch_ignores_non_tensor_video_fields():
+    """Qwen3-VL videos carry frame_timestamps (a list): generation must still batch them."""
+    from tpo_fast.curate.generation import generate_batch
+    from tpo_fast.models import adapter_for
+    from tpo_fast.models.tiny import random_video, tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer("qwen3_vl")
+    model = tiny_model("qwen3_vl", tok)
+    video = random_video("qwen3_vl", model.config, 4)
+    prompt = adapter_for(model).prompt_ids(tok, "what colour ?", video)
+    out = generate_batch(model, tok, [prompt, prompt], [video, video], max_new_tokens=3,
+                         do_sample=False, temperature=1.0, top_p=1.0, seed=0)
+    assert len(out) == 2 and out[0] == out[1]

@@ -55,8 +55,13 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], videos: list[dict
     ``seed`` (per batch)."""
     if not prompts:
         return []
+    # only tensors are model inputs (e.g. Qwen3-VL's frame_timestamps are already in the prompt)
+    videos = [None if v is None else {k: x for k, x in v.items() if torch.is_tensor(x)}
+              for v in videos]
     with_video = [v is not None for v in videos]
     merged = merge_videos([v for v in videos if v is not None]) if any(with_video) else {}
+    if merged is None and len(prompts) == 1:
+        raise ValueError("a video input could not be batched with itself")
     if (any(with_video) and not all(with_video)) or merged is None:
         return [generate_batch(model, tokenizer, [p], [v], max_new_tokens=max_new_tokens,
                                do_sample=do_sample, temperature=temperature, top_p=top_p,

@@ -1,0 +1,242 @@
+"""``evaluate``: multiple-choice video QA of a video LLM, by option log-likelihood and/or by
+greedy generation with answer-letter extraction.
+
+    from tpo_fast.eval import evaluate, read_questions
+    questions = read_questions("synthetic", "heldout/questions.jsonl")
+    results = evaluate(model, tokenizer, questions, method="both", frames=8)
+    print(results["loglik"]["accuracy"], results["generate"]["by_task_type"])
+
+Videos are decoded in background threads, each once however many questions it has; a video
+that cannot be decoded (``VideoDecodeError``) skips its questions, which are counted in
+``decode_failures`` and listed in ``skipped`` and are left out of every accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from tpo_fast.eval.extract import extract_choice
+from tpo_fast.eval.records import MCQuestion, letter
+from tpo_fast.eval.results import summarize
+from tpo_fast.eval.scoring import (
+    ANSWER_FORMATS,
+    DEFAULT_INSTRUCTION,
+    answer_texts,
+    choose,
+    format_prompt,
+    option_logps,
+)
+
+METHODS = ("loglik", "generate", "both")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How questions are asked and scored (saved with the results)."""
+
+    method: str = "loglik"
+    frames: int = 8
+    batch_size: int = 4
+    answer_format: str = "letter"  # loglik: score "B" or "B. red"
+    length_normalize: bool = False  # loglik: mean instead of summed log-likelihood
+    max_new_tokens: int = 16  # generate
+    instruction: str = DEFAULT_INSTRUCTION
+    system: str | None = None
+    decode_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"unknown answer format {self.answer_format!r}; choose from "
+                             f"{ANSWER_FORMATS}")
+        if self.frames < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("frames, batch_size and max_new_tokens must be >= 1")
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return ("loglik", "generate") if self.method == "both" else (self.method,)
+
+
+@dataclass
+class Item:
+    """One question ready for the model: its prompt ids and video inputs."""
+
+    question: MCQuestion
+    prompt: list[int]
+    video: dict
+
+
+def group_by_video(questions: list[MCQuestion]) -> list[tuple[Path, list[MCQuestion]]]:
+    """Questions grouped by video, in order of first appearance (each video decodes once)."""
+    groups: dict[Path, list[MCQuestion]] = {}
+    for q in questions:
+        groups.setdefault(q.video, []).append(q)
+    return list(groups.items())
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """``model.eval()`` and no autograd inside; training mode and every parameter's
+    ``requires_grad`` (which ``PreferenceModel`` sets) restored on exit."""
+    training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(training)
+
+
+class Evaluator:
+    """Runs the configured methods over batches of ``Item``s and keeps one record per
+    question. ``model`` is a HF video LLM or a ``PreferenceModel`` wrapping one."""
+
+    def __init__(self, model, tokenizer, settings: EvalSettings):
+        from tpo_fast.models import PreferenceModel, adapter_for
+
+        self.settings = settings
+        self.tokenizer = tokenizer
+        if isinstance(model, PreferenceModel):
+            self.preference_model, self.model = model, model.model
+        else:
+            self.model = model
+            self.preference_model = (PreferenceModel(model) if "loglik" in settings.methods
+                                     else None)
+        self.adapter = adapter_for(self.model)
+        self.records: list[dict] = []
+        self.tied_options = 0  # questions whose option answers tokenize identically
+
+    def item(self, question: MCQuestion, video: dict) -> Item:
+        text = format_prompt(question, self.settings.instruction)
+        prompt = self.adapter.prompt_ids(self.tokenizer, text, video, system=self.settings.system)
+        return Item(question, prompt, video)
+
+    def run(self, items: list[Item]) -> None:
+        records = [record_of(it.question) for it in items]
+        if "loglik" in self.settings.methods:
+            for record, result in zip(records, self.loglik(items)):
+                record["loglik"] = result
+        if "generate" in self.settings.methods:
+            for record, result in zip(records, self.generate(items)):
+                record["generate"] = result
+        self.records.extend(records)
+
+    def loglik(self, items: list[Item]) -> list[dict]:
+        s = self.settings
+        options = []
+        for it in items:
+            ids = [self.adapter.response_ids(self.tokenizer, text)
+                   for text in answer_texts(it.question, s.answer_format)]
+            if len({tuple(x) for x in ids}) < len(ids):
+                self.tied_options += 1
+            options.append(ids)
+        scores = option_logps(self.preference_model, [it.prompt for it in items], options,
+                              [it.video for it in items])
+        return [{"prediction": choose(sc, [len(x) for x in opts], s.length_normalize),
+                 "scores": [round(float(v), 6) for v in sc]}
+                for sc, opts in zip(scores, options)]
+
+    def generate(self, items: list[Item]) -> list[dict]:
+        from tpo_fast.curate.generation import generate_batch
+
+        # Only tensors reach ``generate`` (Qwen3-VL's frame_timestamps list is already in the
+        # prompt, and generate_batch cannot merge non-tensor entries).
+        videos = [{k: v for k, v in it.video.items() if torch.is_tensor(v)} for it in items]
+        texts = generate_batch(self.model, self.tokenizer, [it.prompt for it in items], videos,
+                               max_new_tokens=self.settings.max_new_tokens, do_sample=False,
+                               temperature=1.0, top_p=1.0, seed=0)
+        return [{"prediction": extract_choice(text, it.question.options), "response": text}
+                for text, it in zip(texts, items)]
+
+
+def record_of(question: MCQuestion) -> dict:
+    """The per-question row of the results (predictions are added per method)."""
+    return {"qid": question.qid, "source": question.source, "video": str(question.video),
+            "task_type": question.task_type, "duration_group": question.duration_group,
+            "answer": question.answer, "answer_letter": letter(question.answer)}
+
+
+def evaluate(model, tokenizer, questions: list[MCQuestion], *, method: str = "loglik",
+             frames: int = 8, batch_size: int = 4, answer_format: str = "letter",
+             length_normalize: bool = False, max_new_tokens: int = 16,
+             instruction: str = DEFAULT_INSTRUCTION, system: str | None = None,
+             decode_workers: int = 2, progress: bool = True) -> dict:
+    """Evaluate ``model`` (a HF video LLM of any ``tpo_fast.models`` family, or a
+    ``PreferenceModel``) on multiple-choice ``questions``.
+
+    Args:
+        method: "loglik" (argmax option log-likelihood, packed), "generate" (greedy answer,
+            letter extraction) or "both".
+        frames: frames sampled uniformly from each video.
+        batch_size: questions per packed forward / ``generate`` call.
+        answer_format: loglik scores the answer "B" ("letter") or "B. red" ("letter_text").
+        length_normalize: loglik ranks options by mean instead of summed token log-prob.
+        decode_workers: background video-decoding threads (0: decode in this thread).
+    Returns:
+        ``{"settings", "n_questions", "n_evaluated", "decode_failures", "skipped", <method>:
+        {"accuracy", "correct", "total", "unparseable", "by_task_type", "by_duration_group"},
+        "predictions": [per-question rows, in question order]}`` (JSON-serialisable); loglik
+        also reports ``tied_options`` (questions whose answers tokenize alike, so cannot be
+        told apart).
+    """
+    settings = EvalSettings(method=method, frames=frames, batch_size=batch_size,
+                            answer_format=answer_format, length_normalize=length_normalize,
+                            max_new_tokens=max_new_tokens, instruction=instruction,
+                            system=system, decode_workers=decode_workers)
+    from tpo_fast.models import PreferenceModel
+
+    hf_model = model.model if isinstance(model, PreferenceModel) else model
+    with eval_mode(hf_model):  # also undoes the trainable flags PreferenceModel sets
+        evaluator = Evaluator(model, tokenizer, settings)
+        skipped = _run(evaluator, questions, settings, progress)
+    results: dict = {"settings": asdict(settings), "n_questions": len(questions),
+                     "n_evaluated": len(evaluator.records),
+                     "decode_failures": sum(len(g) for _, g, _ in skipped),
+                     "skipped": [{"video": str(video), "qids": [q.qid for q in group],
+                                  "reason": reason} for video, group, reason in skipped]}
+    for m in settings.methods:
+        results[m] = summarize(evaluator.records, m)
+    if "loglik" in settings.methods:
+        results["loglik"]["tied_options"] = evaluator.tied_options
+    order = {q.qid: i for i, q in enumerate(questions)}
+    results["predictions"] = sorted(evaluator.records, key=lambda r: order[r["qid"]])
+    return results
+
+
+def _run(evaluator: Evaluator, questions: list[MCQuestion], settings: EvalSettings,
+         progress: bool) -> list[tuple[Path, list[MCQuestion], str]]:
+    """Decode, batch and score; returns the skipped (video, questions, reason) groups."""
+    from tqdm.auto import tqdm
+
+    from tpo_fast.video import VideoLoader, load_video_inputs
+
+    config = evaluator.model.config
+    groups = group_by_video(questions)
+    loader = VideoLoader(
+        groups, lambda g: load_video_inputs(g[0], config, num_frames=settings.frames)[0],
+        num_workers=settings.decode_workers, prefetch=max(2, settings.batch_size))
+    bar = tqdm(total=len(questions), desc=f"eval ({settings.method})", unit="q",
+               disable=not progress)
+    batch: list[Item] = []
+    for (_, group), video in loader:
+        for q in group:
+            batch.append(evaluator.item(q, video))
+            if len(batch) == settings.batch_size:
+                evaluator.run(batch)
+                batch = []
+        skipped = sum(len(g) for (_, g), _ in loader.skipped)
+        bar.update(len(evaluator.records) + skipped - bar.n)
+    if batch:
+        evaluator.run(batch)
+    bar.update(len(questions) - bar.n)
+    bar.close()
+    return [(video, group, reason) for (video, group), reason in loader.skipped]
