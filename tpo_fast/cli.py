@@ -97,23 +97,25 @@ def cmd_make_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The embedded default: synthetic pairs + a tiny model, trained end to end on CPU."""
-    from pathlib import Path
+    """The whole method on a CPU with nothing downloaded: synthetic videos, a weak tiny
+    Qwen2-VL, self-curated TPO pairs, TPO training, and base vs TPO on held-out videos."""
+    import dataclasses
 
-    from tpo_fast.config import load_config
-    from tpo_fast.data.synthetic import make_pairs
-    from tpo_fast.train.loop import train
+    from tpo_fast.demo import DemoSettings, run_demo
 
-    config = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
-    cfg = load_config(config if config.is_file() else None, args.overrides)
-    pairs = Path(cfg.data.train)
-    if not pairs.is_file():
-        make_pairs(pairs.parent, seed=cfg.run.seed)
-        print(f"tpo-fast demo: wrote synthetic pairs -> {pairs}")
-    summary = train(cfg, command="tpo-fast demo " + " ".join(args.overrides))
-    print(f"tpo-fast demo: {summary['steps']} steps in {summary['seconds']:.1f} s; metrics in "
-          f"{Path(cfg.run.output_dir) / 'metrics.jsonl'}, plot {summary.get('plot')}, final "
-          f"model in {summary['final_model']}")
+    fields = {f.name: f for f in dataclasses.fields(DemoSettings) if f.name != "extra"}
+    values = {"out": args.out, "seed": args.seed, "control": args.control,
+              "progress": not args.no_progress}
+    if args.quick:  # the reduced run CI uses (a few minutes)
+        values.update(train_videos=8, heldout_videos=4, sft_epochs=1, tpo_epochs=1)
+    for item in args.overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            near = ", ".join(sorted(fields))
+            raise ValueError(f"demo setting {item!r}: expected key=value with a key among {near}")
+        kind = type(getattr(DemoSettings(), key))
+        values[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+    run_demo(DemoSettings(**values), stage=args.stage)
     return 0
 
 
@@ -143,8 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=cmd_plan)
     demo = sub.add_parser("demo", help=cmd_demo.__doc__)
     demo.add_argument("overrides", nargs="*", metavar="key=value",
-                      help="overrides of configs/tiny.yaml")
+                      help="demo settings, e.g. train_videos=24 beta=0.2 (tpo_fast/demo.py)")
+    demo.add_argument("--out", default="runs/demo", help="the run folder")
+    demo.add_argument("--stage", default="all",
+                      choices=("all", "data", "base", "curate", "tpo", "control", "eval"))
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--control", action="store_true",
+                      help="also train SFT on the chosen answers (the experiment's control)")
+    demo.add_argument("--quick", action="store_true", help="a reduced run (CI)")
+    demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=cmd_demo)
+    ev = sub.add_parser("eval", add_help=False,
+                        help="multiple-choice video QA accuracy (Video-MME, MLVU, "
+                             "LongVideoBench, synthetic); `tpo-fast eval --help`")
+    ev.add_argument("args", nargs=argparse.REMAINDER)
     train = sub.add_parser("train", help=cmd_train.__doc__)
     _add_config_args(train)
     train.set_defaults(func=cmd_train)
@@ -171,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["curate"]:  # its own parser (options and key=value overrides)
         return _curate(argv[1:])
+    if argv[:1] == ["eval"]:
+        from tpo_fast.eval.cli import main as eval_main
+
+        return eval_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

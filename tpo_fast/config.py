@@ -50,6 +50,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train: str = ""  # pairs JSONL (or a LLaVA-NeXT/TPO DPO .json list)
+    synthetic: bool = False  # write tiny synthetic pairs to data.train when it is missing
     video_root: str | None = None  # relative video paths resolve here (default: the file's folder)
     frames: int = 32  # frames sampled uniformly from each video
     token_budget: int = 65536  # packed tokens per micro-batch

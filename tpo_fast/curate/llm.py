@@ -90,6 +90,13 @@ _COMPREHENSIVE_QUESTIONS = {
 }
 
 
+def template_vocabulary() -> set[str]:
+    """Every lower-cased word of the annotation backend's question templates (for word-level
+    tokenizers such as the demo's)."""
+    text = " ".join([*_LOCALIZED_QUESTIONS.values(), *_COMPREHENSIVE_QUESTIONS.values()])
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
 class AnnotationLLM:
     """Questions and judgements from ``context["events"]`` (spans with text).
 

@@ -45,9 +45,10 @@ CHAT_TEMPLATES["qwen2_5_vl"] = CHAT_TEMPLATES["qwen3_vl"] = CHAT_TEMPLATES["qwen
 CHAT_TEMPLATES["longva"] = _CHATML.replace("VIDEO", "<image>\n")  # LongVA renders its own prompt
 
 
-def tiny_tokenizer(family: str, words: list[str] | None = None):
-    """A word-level ``PreTrainedTokenizerFast`` with the family's chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def tiny_tokenizer(family: str, words: list[str] | None = None, lowercase: bool = False):
+    """A word-level ``PreTrainedTokenizerFast`` with the family's chat template (``lowercase``:
+    lower-case text before splitting it)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     _check_family(family)
@@ -55,6 +56,8 @@ def tiny_tokenizer(family: str, words: list[str] | None = None):
     for token in SPECIAL_TOKENS + BASE_WORDS + list(words or []):
         vocab.setdefault(token, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(),
         pre_tokenizers.Digits(individual_digits=True),

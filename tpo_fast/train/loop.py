@@ -135,6 +135,8 @@ class Trainer:
             save_config(cfg, self.out / "config.yaml", self.command)
         _seed_everything(cfg.run.seed)
 
+        if cfg.data.synthetic and not Path(cfg.data.train).exists():
+            self._write_synthetic_pairs()
         records, skipped = read_pairs(cfg.data.train, cfg.data.video_root, cfg.data.skip_invalid)
         self.ds_config = deepspeed_config(cfg, self.world, accumulation=1)
         self.tokenizer, self.model, self._ds_keepalive = load_tokenizer_and_model(cfg,
@@ -160,6 +162,18 @@ class Trainer:
         self._build_engine()
 
     # ---- setup ---------------------------------------------------------------------------------
+    def _write_synthetic_pairs(self) -> None:
+        from tpo_fast.data.synthetic import make_pairs
+
+        target = Path(self.cfg.data.train)
+        if self.rank == 0:
+            written = make_pairs(target.parent, seed=self.cfg.run.seed)
+            if written != target:
+                written.rename(target)
+            print(f"tpo-fast train: wrote synthetic pairs -> {target}", file=sys.stderr)
+        if dist.is_initialized():
+            dist.barrier()
+
     def _reference_kind(self) -> str:
         kind = self.cfg.loss.reference
         if kind == "auto" and self.cfg.loss.dpo_weight == 0:

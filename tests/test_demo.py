@@ -1,0 +1,31 @@
+"""The reduced embedded-default demo: every stage produces its outputs and the eval table."""
+
+import json
+
+from tpo_fast.cli import main
+
+
+def test_quick_demo_runs_every_stage(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for path in ("data/train/qa.jsonl", "data/heldout/qa.jsonl", "data/train/manifest.jsonl",
+                 "init/config.json", "base/final/config.json", "base/metrics.jsonl",
+                 "curate/pairs.jsonl", "curate/summary.json", "tpo/final/config.json",
+                 "tpo/metrics.jsonl", "eval.json", "eval.png"):
+        assert (out / path).exists(), path
+    pairs = [json.loads(line) for line in (out / "curate/pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["chosen"] != p["rejected"] for p in pairs)
+    # localized pairs come from the segment plan vs its complement / an incomplete half
+    local = [p for p in pairs if p["type"] == "localized"]
+    assert all(p["chosen_plan"]["kind"] == "segment" and p["rejected_plan"]["kind"] in
+               ("complement", "incomplete") for p in local)
+    results = json.loads((out / "eval.json").read_text())
+    assert set(results) == {"base", "tpo"}
+    for r in results.values():
+        assert 0.0 <= r["overall"] <= 1.0 and r["n"] > 0
+        assert {"localized", "comprehensive"} <= set(r)
+    assert "held-out accuracy" in printed and "tpo" in printed
+    # a second run finds every stage done and reproduces the table
+    assert main(["demo", "--quick", "--no-progress", "--out", str(out), "--stage", "eval"]) == 0
+    assert json.loads((out / "eval.json").read_text()) == results
