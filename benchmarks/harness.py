@@ -33,24 +33,7 @@ def _cuda_sync() -> None:
 def timed(fn: Callable[[], object], *, reps: int = 5, warmup: int = 1) -> dict:
     """Wall time of ``fn()`` over ``reps`` runs after ``warmup`` runs: median, p20, p80, min
     (seconds). CUDA work is synchronised before each clock read."""
-    if reps < 1:
-        raise ValueError("reps must be >= 1")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        _cuda_sync()
-        start = time.perf_counter()
-        fn()
-        _cuda_sync()
-        times.append(time.perf_counter() - start)
-    times.sort()
-
-    def q(f: float) -> float:
-        return times[min(len(times) - 1, round(f * (len(times) - 1)))]
-
-    return {"median_s": statistics.median(times), "p20_s": q(0.2), "p80_s": q(0.8),
-            "min_s": times[0], "reps": reps}
+    return timed_after(lambda: None, lambda _: fn(), reps=reps, warmup=warmup)
 
 
 def _cpu_name() -> str:

@@ -225,8 +225,10 @@ def _set_dotted(tree: dict, dotted: str, value) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML config (or start from defaults) and apply ``key=value`` overrides."""
+def read_config_tree(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+                     ) -> dict:
+    """A YAML file's mapping (or an empty one) with ``key=value`` overrides applied; the values
+    are YAML scalars. Shared by every typed config of the package."""
     tree = {}
     if path is not None:
         path = Path(path)
@@ -241,7 +243,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value")
         _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
-    return _build(TrainConfig, tree).validate()
+    return tree
+
+
+def build_config(cls, tree: dict):
+    """A dataclass config from a mapping: keys checked (nearest-name hints), values typed."""
+    return _build(cls, tree)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML config (or start from defaults) and apply ``key=value`` overrides."""
+    return build_config(TrainConfig, read_config_tree(path, overrides)).validate()
 
 
 def config_to_dict(cfg) -> dict:

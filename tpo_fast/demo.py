@@ -356,3 +356,44 @@ def run_demo(s: DemoSettings, stage: str = "all") -> dict:
     _log(f"done in {time.perf_counter() - start:.0f} s; results in {s.root / 'eval.json'}, "
          f"plot {s.root / 'eval.png'}")
     return results
+
+
+# ---- the experiment: several seeds -------------------------------------------------------------
+def experiment_report(root: str | Path) -> dict:
+    """Mean and spread over the seed folders under ``root`` (each a finished demo run with its
+    ``eval.json``): overall, localized and comprehensive accuracy per model. Writes
+    ``root/summary.json`` and returns it."""
+    import statistics
+
+    runs = sorted(p.parent for p in Path(root).glob("*/eval.json"))
+    if not runs:
+        raise FileNotFoundError(f"no finished demo runs (*/eval.json) under {root}")
+    per_run = {r.name: json.loads((r / "eval.json").read_text()) for r in runs}
+    models = list(next(iter(per_run.values())))
+    summary = {"runs": list(per_run), "models": {}}
+    for model in models:
+        row = {}
+        for key in ("overall", "localized", "comprehensive"):
+            values = [res[model][key] for res in per_run.values() if model in res]
+            row[key] = {"mean": statistics.fmean(values),
+                        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                        "values": values}
+        summary["models"][model] = row
+    (Path(root) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def format_report(summary: dict) -> str:
+    lines = [f"held-out accuracy over {len(summary['runs'])} seed(s) (mean ± sd)",
+             f"{'model':14s}{'overall':>18s}{'localized':>18s}{'comprehensive':>18s}"]
+    for model, row in summary["models"].items():
+        cells = "".join(f"{row[k]['mean']:11.3f} ± {row[k]['sd']:.3f}"
+                        for k in ("overall", "localized", "comprehensive"))
+        lines.append(f"{model:14s}{cells}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m tpo_fast.demo report runs/experiment
+    if len(sys.argv) != 3 or sys.argv[1] != "report":
+        sys.exit("usage: python -m tpo_fast.demo report RUNS_FOLDER")
+    print(format_report(experiment_report(sys.argv[2])))

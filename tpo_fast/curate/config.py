@@ -11,9 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from tpo_fast.config import ConfigError, _build, _set_dotted
+from tpo_fast.config import ConfigError, build_config, read_config_tree
 
 TASK_TYPES = ("temporal", "action", "causal", "information_extraction", "descriptive",
               "summarisation", "object", "spatial")
@@ -217,21 +215,7 @@ RULES = ("empty", "identical", "near_identical", "overlong", "refusal")
 def load_curate_config(path: str | Path | None = None,
                        overrides: list[str] | tuple[str, ...] = ()) -> CurateConfig:
     """Read a YAML config (or start from defaults) and apply ``key=value`` overrides."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not key=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
-    return _build(CurateConfig, tree).validate()
+    return build_config(CurateConfig, read_config_tree(path, overrides)).validate()
 
 
 def curate_config_to_dict(cfg: CurateConfig) -> dict:
