@@ -222,3 +222,18 @@ def test_bad_pair_lines_and_videos_are_named(pairs, tmp_path, capsys):
     _, summary, rows = run(broken, tmp_path / "skip", "data.skip_invalid=true",
                            "optim.max_steps=2")
     assert summary["skipped_pairs"] == 3 and len(rows) == 2
+
+
+@pytest.mark.parametrize("name", ["tiny", "llava_video_7b_tpo", "longva_7b_tpo",
+                                  "qwen2_5_vl_7b_tpo", "llava_onevision_0_5b_tpo"])
+def test_preset_configs_load_and_name_their_command(name):
+    path = ROOT / "configs" / f"{name}.yaml"
+    assert path.read_text().splitlines()[0].startswith("# tpo-fast ")
+    cfg = load_config(path)
+    if name == "llava_video_7b_tpo":
+        assert (cfg.loss.beta, cfg.loss.sft_weight, cfg.optim.lr) == (0.2, 1.0, 3e-7)
+        assert (cfg.optim.global_batch_size, cfg.data.frames, cfg.deepspeed.zero_stage) == (
+            64, 32, 3)
+        assert not cfg.model.train_vision_tower and cfg.model.dtype == "bfloat16"
+    if name == "longva_7b_tpo":
+        assert (cfg.loss.beta, cfg.loss.sft_weight, cfg.optim.lr) == (0.3, 0.5, 4e-6)
