@@ -41,8 +41,8 @@ class DemoSettings:
     hidden: int = 64
     layers: int = 2
     # SFT warm-up (the weak base)
-    sft_epochs: int = 2
-    sft_lr: float = 2e-3
+    sft_epochs: int = 4
+    sft_lr: float = 3e-3
     # TPO
     tpo_epochs: int = 3
     tpo_lr: float = 1e-3
