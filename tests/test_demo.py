@@ -14,6 +14,8 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
                  "curate/pairs.jsonl", "curate/summary.json", "tpo/final/config.json",
                  "tpo/metrics.jsonl", "eval.json", "eval.png"):
         assert (out / path).exists(), path
+    # the warm-up used every open and multiple-choice train question (none skipped)
+    assert json.loads((out / "base/summary.json").read_text())["skipped_pairs"] == 0
     pairs = [json.loads(line) for line in (out / "curate/pairs.jsonl").read_text().splitlines()]
     assert pairs and all(p["chosen"] != p["rejected"] for p in pairs)
     # localized pairs come from the segment plan vs its complement / an incomplete half

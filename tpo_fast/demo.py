@@ -137,7 +137,7 @@ def sft_pairs(train: Path) -> Path:
     for q in read_questions("synthetic", train / "qa.jsonl"):
         answers = answer_texts(q, "letter_text")
         wrong = (q.answer + 1) % len(answers)
-        lines.append(json.dumps({"video": str(q.video), "prompt": format_prompt(q),
+        lines.append(json.dumps({"video": str(Path(q.video).resolve()), "prompt": format_prompt(q),
                                  "chosen": answers[q.answer], "rejected": answers[wrong]}))
     out.write_text("\n".join(lines) + "\n")
     return out
