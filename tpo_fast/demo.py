@@ -232,6 +232,10 @@ def stage_curate(s: DemoSettings, data: dict, base: Path) -> Path:
     summary = run_curation(cfg, query_llm=SyntheticQuestions(train / "manifest.jsonl",
                                                              train / "qa.jsonl"))
     _log("curate:\n" + format_report(summary))
+    if not pairs.read_text().strip():
+        raise ValueError(f"curation kept no pairs (reasons in {out / 'dropped.jsonl'}); e.g. "
+                         "with temperature=0 a base that ignores the video answers alike from "
+                         "every frame plan")
     return pairs
 
 
@@ -328,6 +332,8 @@ def _group_accuracy(result: dict, group: str) -> float:
 def run_demo(s: DemoSettings, stage: str = "all") -> dict:
     if stage not in ("all", *STAGES):
         raise ValueError(f"unknown stage {stage!r}; choose from all, {', '.join(STAGES)}")
+    if stage == "control" and not s.control:
+        raise ValueError("the control stage runs with --control (settings control=true)")
     s.root.mkdir(parents=True, exist_ok=True)
     (s.root / "demo_settings.json").write_text(json.dumps(asdict(s), indent=2))
     start = time.perf_counter()
