@@ -31,3 +31,29 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     # a second run finds every stage done and reproduces the table
     assert main(["demo", "--quick", "--no-progress", "--out", str(out), "--stage", "eval"]) == 0
     assert json.loads((out / "eval.json").read_text()) == results
+
+
+def test_ground_truth_judge(tmp_path):
+    from tpo_fast.demo import SyntheticQuestions, names_only_answer
+    from tpo_fast.synthetic import generate_split
+
+    options = ["red", "blue", "green", "orange"]
+    assert names_only_answer("it was blue .", options, 1)
+    assert not names_only_answer("it was blue or red .", options, 1)
+    assert not names_only_answer("it was bluegreen .", options, 1)
+    assert names_only_answer("it happened between 3 and 5 seconds .",
+                             ["between 3 and 5 seconds", "between 5 and 7 seconds"], 0)
+
+    split = generate_split(tmp_path, 2, seed=1)
+    judge = SyntheticQuestions(split.manifest, split.qa)
+    entry = json.loads(split.manifest.read_text().splitlines()[0])
+    q = next(json.loads(line) for line in split.qa.read_text().splitlines()
+             if json.loads(line)["video"] == entry["video"])
+    right, wrong = q["options"][q["answer"]], q["options"][(q["answer"] + 1) % 4]
+    ctx = {"purpose": "judge", "events": entry["events"], "question": q["question"]}
+    good = json.loads(judge._judge(ctx | {"chosen": f"it was {right} .",
+                                          "rejected": f"it was {wrong} ."}))
+    swapped = json.loads(judge._judge(ctx | {"chosen": f"it was {wrong} .",
+                                             "rejected": f"it was {right} ."}))
+    assert good == good | {"chosen_better": True, "chosen_correct": True, "consistent": True}
+    assert not swapped["chosen_better"] and not swapped["chosen_correct"]

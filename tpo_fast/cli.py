@@ -107,7 +107,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     values = {"out": args.out, "seed": args.seed, "control": args.control,
               "progress": not args.no_progress}
     if args.quick:  # the reduced run CI uses (a few minutes)
-        values.update(train_videos=8, heldout_videos=4, sft_epochs=1, tpo_epochs=1)
+        # (without the judge: from 8 videos a weak base keeps too few pairs to train on)
+        values.update(train_videos=8, heldout_videos=4, sft_epochs=1, tpo_epochs=1,
+                      judge=False)
     for item in args.overrides:
         key, sep, raw = item.partition("=")
         if not sep or key not in fields:

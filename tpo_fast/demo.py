@@ -9,7 +9,8 @@ Stages (each restartable: a stage whose outputs exist is skipped; ``--stage`` ru
 3. ``curate``  the base model curates its own TPO pairs on the train videos: questions per
                target, answers from the real frame plans (chosen: the segment / the full video;
                rejected: its complement or an incomplete half / a down-sampled video), rule
-               filters, a 5:5 localized:comprehensive mix (``tpo_fast.curate``);
+               filters and TPO's judge (answered from the ground truth), a 5:5
+               localized:comprehensive mix (``tpo_fast.curate``);
 4. ``tpo``     TPO (DPO + α·SFT on the chosen answers) from the base on the curated pairs;
 5. ``control`` (optional) SFT on the chosen answers of the same pairs, from the same base;
 6. ``eval``    multiple-choice accuracy of base vs TPO (vs control) on the held-out split, by
@@ -49,6 +50,7 @@ class DemoSettings:
     beta: float = 0.5
     alpha: float = 0.5
     temperature: float = 1.0  # the policy's sampling temperature in curation (0: greedy)
+    judge: bool = True  # TPO's judge (here from the ground truth) filters the curated pairs
     control: bool = False  # also train the SFT-on-chosen control
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -178,7 +180,25 @@ class SyntheticQuestions:
     def complete(self, requests) -> list:
         from tpo_fast.curate.llm import LLMResult
 
-        return [LLMResult(r.id, self._one(r.context, r.seed)) for r in requests]
+        return [LLMResult(r.id, self._judge(r.context) if r.context["purpose"] == "judge"
+                          else self._one(r.context, r.seed)) for r in requests]
+
+    def _judge(self, ctx: dict) -> str:
+        """TPO's three checks from the ground truth: the question is one of the generator's
+        (consistent), the chosen answer names the right option and no other (correct), and the
+        rejected one does not (better)."""
+        pool = self.questions.get(_events_key(ctx.get("events", [])), [])
+        match = [q for q in pool if q["question"] == ctx["question"]]
+        if not match:
+            return json.dumps({"chosen_better": False, "consistent": False,
+                               "chosen_correct": False, "reason": "unknown question"})
+        q = match[0]
+        chosen_ok = names_only_answer(ctx["chosen"], q["options"], q["answer"])
+        rejected_ok = names_only_answer(ctx["rejected"], q["options"], q["answer"])
+        return json.dumps({"chosen_better": chosen_ok and not rejected_ok, "consistent": True,
+                           "chosen_correct": chosen_ok,
+                           "reason": f"chosen {'right' if chosen_ok else 'wrong'}, rejected "
+                                     f"{'right' if rejected_ok else 'wrong'}"})
 
     def _one(self, ctx: dict, seed: int) -> str:
         pool = self.questions.get(_events_key(ctx.get("events", [])), [])
@@ -188,6 +208,19 @@ class SyntheticQuestions:
         else:
             pool = [q for q in pool if q["span"] is None]
         return pool[seed % len(pool)]["question"] if pool else "None"
+
+
+def names_only_answer(text: str, options: list[str], answer: int) -> bool:
+    """True when ``text`` contains the right option (as whole words) and no other option that
+    is not part of the right one."""
+    padded = f" {' '.join(text.lower().split())} "
+
+    def has(option: str) -> bool:
+        return f" {' '.join(option.lower().split())} " in padded
+
+    right = options[answer]
+    return has(right) and not any(has(o) and o not in right for i, o in enumerate(options)
+                                  if i != answer)
 
 
 def curation_manifest(train: Path) -> Path:
@@ -227,10 +260,10 @@ def stage_curate(s: DemoSettings, data: dict, base: Path) -> Path:
         "judge.kind=annotation", "captions.source=given", "queries.tasks_per_target=1",
         f"responses.frames={s.frames}",
         "responses.downsample_factor=4", "filter.rules=[empty, identical]",
-        "filter.judge=false", f"run.output_dir={out}", f"run.seed={s.seed}",
+        f"filter.judge={str(s.judge).lower()}", f"run.output_dir={out}", f"run.seed={s.seed}",
         f"run.progress={str(s.progress).lower()}"])
-    summary = run_curation(cfg, query_llm=SyntheticQuestions(train / "manifest.jsonl",
-                                                             train / "qa.jsonl"))
+    annotations = SyntheticQuestions(train / "manifest.jsonl", train / "qa.jsonl")
+    summary = run_curation(cfg, query_llm=annotations, judge_llm=annotations)
     _log("curate:\n" + format_report(summary))
     if not pairs.read_text().strip():
         raise ValueError(f"curation kept no pairs (reasons in {out / 'dropped.jsonl'}); e.g. "
