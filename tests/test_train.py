@@ -196,7 +196,8 @@ def test_nan_loss_stops_with_step_batch_and_checkpoint(pairs, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["loss.bta=0.1"], "did you mean loss.beta"),
-    (["data.train=/nonexistent/pairs.jsonl"], "/nonexistent/pairs.jsonl does not exist"),
+    (["data.train=/nonexistent/pairs.jsonl", "data.synthetic=false"],
+     "/nonexistent/pairs.jsonl does not exist"),
     (["model.tiny=null", "model.path=/nonexistent/model"], "/nonexistent/model is not a folder"),
 ])
 def test_cli_errors_are_clear(pairs, tmp_path, capsys, extra, message):
