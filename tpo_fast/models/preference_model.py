@@ -18,8 +18,6 @@ from tpo_fast.models.base import as_index_list, is_frozen
 from tpo_fast.models.registry import adapter_for
 from tpo_fast.packing import PackedBatch, pack_pairs
 
-LOGPS_CHUNK = 4096  # scored tokens per LM-head chunk in policy_logps
-
 
 class PreferenceModel(nn.Module):
     """Wraps a HF video LLM (``<Family>ForConditionalGeneration``) and its adapter.
@@ -108,18 +106,12 @@ class PreferenceModel(nn.Module):
     forward = hidden_states
 
     def policy_logps(self, batch: PackedBatch) -> torch.Tensor:
-        """[n, 2] float32 summed log-probs of the chosen and rejected responses."""
+        """[n, 2] float32 summed log-probs of the chosen and rejected responses (token log-probs
+        from ``tpo_fast.kernels.linear_logprobs``: fused Triton on CUDA, chunked elsewhere)."""
+        from tpo_fast.kernels import linear_logprobs
+
         hidden = self.hidden_states(batch)
-        weight = self.lm_head_weight()
-        targets = batch.target_ids.to(hidden.device)
-        token_logps = torch.cat([
-            _token_logps(hidden[s:s + LOGPS_CHUNK], weight, targets[s:s + LOGPS_CHUNK])
-            for s in range(0, len(targets), LOGPS_CHUNK)
-        ])
+        token_logps = linear_logprobs(hidden, self.lm_head_weight(),
+                                      batch.target_ids.to(hidden.device))
         sums = torch.zeros(2 * batch.n_pairs, dtype=torch.float32, device=hidden.device)
         return sums.index_add(0, batch.seq_id.to(hidden.device), token_logps).view(-1, 2)
-
-
-def _token_logps(hidden, weight, targets):
-    logits = (hidden @ weight.T).float()
-    return logits.gather(1, targets[:, None])[:, 0] - logits.logsumexp(-1)
