@@ -103,7 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from tpo_fast.demo import DemoSettings, run_demo
 
-    fields = {f.name: f for f in dataclasses.fields(DemoSettings) if f.name != "extra"}
+    fields = {f.name: f for f in dataclasses.fields(DemoSettings)}
     values = {"out": args.out, "seed": args.seed, "control": args.control,
               "progress": not args.no_progress}
     if args.quick:  # the reduced run CI uses (a few minutes)

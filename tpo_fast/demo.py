@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 STAGES = ("data", "base", "curate", "tpo", "control", "eval")
@@ -53,7 +53,6 @@ class DemoSettings:
     judge: bool = True  # TPO's judge (here from the ground truth) filters the curated pairs
     control: bool = False  # also train the SFT-on-chosen control
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -346,7 +345,7 @@ def _plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     width = 0.8 / max(1, len(results))
     for k, (name, res) in enumerate(results.items()):
-        values = [_group_accuracy(res, g) for g in groups]
+        values = [res.get(g, float("nan")) for g in groups]
         ax.bar([i + k * width for i in range(len(groups))], values, width, label=name)
     ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(groups))], groups)
     ax.set_ylabel("held-out accuracy")
@@ -355,10 +354,6 @@ def _plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def _group_accuracy(result: dict, group: str) -> float:
-    return result.get(group, float("nan"))
 
 
 # ---- driver --------------------------------------------------------------------------------------
