@@ -13,7 +13,8 @@ Backends (``PackedAttention.backend``):
 * ``torch_varlen`` ``torch.nn.attention.varlen.varlen_attn`` (PyTorch >= 2.10); CUDA, fp16/bf16.
                    Not yet checked on a GPU for q_len != k_len (no PyTorch version verified), so
                    ``auto`` never picks it; tests/test_attention.py has the GPU check.
-* ``flex``         FlexAttention with a block mask built from the same rule; CUDA.
+* ``flex``         FlexAttention with a block mask built on the host from the segment
+                   structure (``block_mask.py``: no dense [T, Σk] tensor); CUDA.
 * ``sdpa``         scaled_dot_product_attention with a dense [T, Σk] boolean mask; any device.
                    The CPU path; memory grows as T·Σk, so it is for small batches.
 * ``auto``         CUDA: flash_attn if installed, else flex; otherwise sdpa.
@@ -32,14 +33,60 @@ import torch.nn.functional as F
 BACKENDS = ("auto", "flash_attn", "torch_varlen", "flex", "sdpa")
 
 
+# flash-attn's varlen entry points, newest first: (interface, module). The three take different
+# arguments (checked against each package's source by tests/test_flash_signatures.py):
+#   FA2 flash_attn.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+#       max_seqlen_k, dropout_p=0.0, softmax_scale=None, causal=False, ...)
+#   FA3 flash_attn_interface.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k,
+#       max_seqlen_q, max_seqlen_k, seqused_q=None, seqused_k=None, softmax_scale=None,
+#       causal=False, ...): no dropout
+#   FA4 flash_attn.cute.flash_attn_varlen_func(q, k, v, qv=None, cu_seqlens_q=None, ...,
+#       softmax_scale=None, causal=False, ...): no dropout; returns (out, lse)
+# So every call passes all but q, k, v by keyword. FA4's ``gather_kv_indices`` is not a
+# replacement for our kv_index gather: it is a per-query top-k index [total_q, width] for its
+# sparse MLA kernel and is accepted only together with ``qv`` (flash-attn-4 4.0.0b36).
+FLASH_INTERFACES = (("fa4", "flash_attn.cute"), ("fa3", "flash_attn_interface"),
+                    ("fa2", "flash_attn"))
+FLASH_DROPOUT = frozenset({"fa2"})  # the interfaces whose varlen function takes dropout_p
+
+
+@dataclass(frozen=True)
+class FlashVarlen:
+    """One flash-attn interface: its name ("fa2", "fa3", "fa4") and varlen function."""
+
+    interface: str
+    fn: object
+
+    def __call__(self, q, k, v, packed: PackedAttention, scale: float, dropout: float):
+        kwargs = dict(cu_seqlens_q=packed.cu_seqlens_q, cu_seqlens_k=packed.cu_seqlens_k,
+                      max_seqlen_q=packed.max_seqlen_q, max_seqlen_k=packed.max_seqlen_k,
+                      softmax_scale=scale, causal=True)
+        if self.interface in FLASH_DROPOUT:
+            kwargs["dropout_p"] = dropout
+        elif dropout:
+            raise ValueError(f"flash-attn's {self.interface} interface has no attention dropout "
+                             f"(got dropout={dropout}); set the model's attention_dropout to 0 "
+                             "or use flash-attn 2")
+        out = self.fn(q, k, v, **kwargs)
+        return out[0] if isinstance(out, tuple) else out  # FA4 (and older FA3) add the LSE
+
+
+def load_flash_varlen(interface: str) -> FlashVarlen | None:
+    """The named flash-attn interface if it imports, else None."""
+    module = dict(FLASH_INTERFACES)[interface]
+    try:
+        return FlashVarlen(interface, importlib.import_module(module).flash_attn_varlen_func)
+    except (ImportError, AttributeError, OSError, RuntimeError):
+        return None
+
+
 @functools.cache
-def _flash_varlen():
-    """flash-attn's varlen function, newest first (FA4 cute, FA3 hopper, FA2), or None."""
-    for module in ("flash_attn.cute", "flash_attn_interface", "flash_attn"):
-        try:
-            return importlib.import_module(module).flash_attn_varlen_func
-        except (ImportError, AttributeError, OSError, RuntimeError):
-            continue
+def _flash_varlen() -> FlashVarlen | None:
+    """The newest installed flash-attn interface (FA4, FA3, FA2), or None."""
+    for interface, _ in FLASH_INTERFACES:
+        found = load_flash_varlen(interface)
+        if found is not None:
+            return found
     return None
 
 
@@ -72,6 +119,9 @@ class PackedAttention:
     """What the attention layers of one packed forward need; built once per micro-batch.
 
     cu_seqlens_q, cu_seqlens_k: int32 [2n+1]; kv_index: int64 [Σk]; all on the model's device.
+    host_cu_seqlens_q/k: the same offsets as Python ints (the packer's; read back from the
+    tensors, once, when not given), so no layer reads a device tensor (no host sync).
+    flash: a specific flash-attn interface (``load_flash_varlen``); default the newest installed.
     Derived masks are cached here, so every layer of the forward reuses them.
     """
 
@@ -81,22 +131,39 @@ class PackedAttention:
     max_seqlen_k: int
     kv_index: torch.Tensor
     backend: str = "auto"
+    host_cu_seqlens_q: tuple[int, ...] | None = None
+    host_cu_seqlens_k: tuple[int, ...] | None = None
+    flash: FlashVarlen | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown attention backend {self.backend!r}; choose from {BACKENDS}")
+        if self.host_cu_seqlens_q is None:
+            self.host_cu_seqlens_q = tuple(self.cu_seqlens_q.tolist())
+        if self.host_cu_seqlens_k is None:
+            self.host_cu_seqlens_k = tuple(self.cu_seqlens_k.tolist())
+        self.host_cu_seqlens_q = tuple(int(x) for x in self.host_cu_seqlens_q)
+        self.host_cu_seqlens_k = tuple(int(x) for x in self.host_cu_seqlens_k)
+        self.max_seqlen_q, self.max_seqlen_k = int(self.max_seqlen_q), int(self.max_seqlen_k)
 
     @classmethod
     def from_batch(cls, batch, backend: str = "auto", device=None) -> PackedAttention:
-        """From a PackedBatch / PackedIndices (moved to ``device`` if given)."""
+        """From a PackedBatch / PackedIndices (moved to ``device`` if given; non-blocking, and
+        the host offsets come from the batch, so nothing is read back from a device)."""
         move = (lambda t: t.to(device, non_blocking=True)) if device is not None else (lambda t: t)
         return cls(move(batch.cu_seqlens_q), move(batch.cu_seqlens_k), batch.max_seqlen_q,
-                   batch.max_seqlen_k, move(batch.kv_index), backend)
+                   batch.max_seqlen_k, move(batch.kv_index), backend,
+                   getattr(batch, "host_cu_seqlens_q", None),
+                   getattr(batch, "host_cu_seqlens_k", None))
 
     @property
     def num_tokens(self) -> int:
-        return int(self.cu_seqlens_q[-1])
+        return self.host_cu_seqlens_q[-1]
+
+    @property
+    def num_keys(self) -> int:
+        return self.host_cu_seqlens_k[-1]
 
     def resolve(self, q: torch.Tensor) -> str:
         if self.backend != "auto":
@@ -129,8 +196,8 @@ class PackedAttention:
             cu_q, cu_k = self.cu_seqlens_q.long(), self.cu_seqlens_k.long()
             q_len, k_len = cu_q.diff(), cu_k.diff()
             seg = torch.arange(len(q_len), device=device)
-            seg_q = seg.repeat_interleave(q_len, output_size=int(cu_q[-1]))
-            seg_k = seg.repeat_interleave(k_len, output_size=int(cu_k[-1]))
+            seg_q = seg.repeat_interleave(q_len, output_size=self.num_tokens)
+            seg_k = seg.repeat_interleave(k_len, output_size=self.num_keys)
             # Query j of a segment may see key slots <= j + (Lk - Lq): the last allowed slot.
             last_q = torch.arange(len(seg_q), device=device) - cu_q[seg_q] + (k_len - q_len)[seg_q]
             pos_k = torch.arange(len(seg_k), device=device) - cu_k[seg_k]
@@ -146,16 +213,12 @@ class PackedAttention:
         return self._cache["dense"]
 
     def block_mask(self, device):
+        """FlexAttention BlockMask from the segment structure (no dense [T, Σk] mask)."""
         if "block" not in self._cache:
-            from torch.nn.attention.flex_attention import create_block_mask
+            from tpo_fast.attention.block_mask import packed_block_mask
 
-            seg_q, seg_k, last_q, pos_k = self._segments(device)
-
-            def allowed(b, h, qi, ki):
-                return (seg_q[qi] == seg_k[ki]) & (pos_k[ki] <= last_q[qi])
-
-            self._cache["block"] = create_block_mask(allowed, None, None, len(seg_q), len(seg_k),
-                                                     device=device)
+            self._cache["block"] = packed_block_mask(self.host_cu_seqlens_q,
+                                                     self.host_cu_seqlens_k, device)
         return self._cache["block"]
 
 
@@ -171,11 +234,7 @@ def _sdpa(packed, q, k, v, scale, dropout):
 
 
 def _flash_attn(packed, q, k, v, scale, dropout):
-    out = _flash_varlen()(
-        q, k, v, packed.cu_seqlens_q, packed.cu_seqlens_k, packed.max_seqlen_q,
-        packed.max_seqlen_k, dropout_p=dropout, softmax_scale=scale, causal=True,
-    )
-    return out[0] if isinstance(out, tuple) else out  # FA3/FA4 may also return the LSE
+    return (packed.flash or _flash_varlen())(q, k, v, packed, scale, dropout)
 
 
 def _torch_varlen_attn(packed, q, k, v, scale, dropout):

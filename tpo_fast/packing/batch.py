@@ -34,6 +34,8 @@ class PackedIndices:
     target_index  [N]     int64  packed token that is scored
     seq_id        [N]     int64  2i chosen, 2i+1 rejected
     sft_mask      [N]     bool   chosen tokens (the SFT term)
+    host_cu_seqlens_q, host_cu_seqlens_k: the offsets as Python ints (read from the tensors
+    when not given), so the forward never reads a device tensor to learn a length.
     Attention is causal inside a segment, aligned bottom-right (flash-attn varlen's rule).
     """
 
@@ -48,6 +50,14 @@ class PackedIndices:
     target_index: torch.Tensor
     seq_id: torch.Tensor
     sft_mask: torch.Tensor
+    host_cu_seqlens_q: tuple[int, ...] | None = None
+    host_cu_seqlens_k: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        for name, tensor in (("host_cu_seqlens_q", self.cu_seqlens_q),
+                             ("host_cu_seqlens_k", self.cu_seqlens_k)):
+            if getattr(self, name) is None:  # one read, at construction (CPU when packed)
+                object.__setattr__(self, name, tuple(int(x) for x in tensor.tolist()))
 
     @property
     def n_pairs(self) -> int:
@@ -55,7 +65,11 @@ class PackedIndices:
 
     @property
     def num_tokens(self) -> int:
-        return int(self.pair_offsets[-1])
+        return self.host_cu_seqlens_q[-1]
+
+    @property
+    def num_keys(self) -> int:
+        return self.host_cu_seqlens_k[-1]
 
 
 def _custom_positions(fn: PositionIdsFn, p: np.ndarray, c: np.ndarray, r: np.ndarray):
@@ -92,12 +106,48 @@ def build_indices(
     out = get_backend(backend).build_indices(p, c, r)
     if position_ids_fn is not None:
         out["position_ids"] = _custom_positions(position_ids_fn, p, c, r)
+    validate_indices(out, p, c, r)
     q_lens, k_lens = np.diff(out["cu_seqlens_q"]), np.diff(out["cu_seqlens_k"])
     return PackedIndices(
         max_seqlen_q=int(q_lens.max()),
         max_seqlen_k=int(k_lens.max()),
+        host_cu_seqlens_q=tuple(out["cu_seqlens_q"].tolist()),
+        host_cu_seqlens_k=tuple(out["cu_seqlens_k"].tolist()),
         **{k: torch.from_numpy(v) for k, v in out.items()},
     )
+
+
+def validate_indices(out: dict, p: np.ndarray, c: np.ndarray, r: np.ndarray) -> None:
+    """Check the index arrays of one micro-batch on the host, where they are built, so the
+    device hot path can skip its own input checks (each would read a device tensor back).
+    Raises ``ValueError`` naming the first broken invariant."""
+    n, T = len(p), int((p + c + r).sum())
+    N = int((c + r).sum())
+    cu_q, cu_k = out["cu_seqlens_q"], out["cu_seqlens_k"]
+
+    def need(ok, what):
+        if not ok:
+            raise ValueError(f"packed indices are inconsistent: {what}")
+
+    need(cu_q.dtype == np.int32 and cu_k.dtype == np.int32, "cu_seqlens must be int32")
+    need(cu_q.shape == (2 * n + 1,) and cu_k.shape == (2 * n + 1,),
+         f"cu_seqlens must have {2 * n + 1} entries")
+    q_lens = np.stack([p + c, r], 1).reshape(-1)
+    k_lens = np.stack([p + c, p + r], 1).reshape(-1)
+    need(cu_q[0] == 0 and np.array_equal(np.diff(cu_q), q_lens), "cu_seqlens_q lengths")
+    need(cu_k[0] == 0 and np.array_equal(np.diff(cu_k), k_lens), "cu_seqlens_k lengths")
+    need(int(cu_k[-1]) < 2 ** 31, f"{int(cu_k[-1])} key slots overflow int32 offsets")
+    kv = out["kv_index"]
+    need(kv.shape == (int(cu_k[-1]),) and (kv.size == 0 or (kv.min() >= 0 and kv.max() < T)),
+         f"kv_index must hold {int(cu_k[-1])} slots in [0, {T})")
+    for name in ("logit_index", "target_index"):
+        x = out[name]
+        need(x.shape == (N,) and (N == 0 or (x.min() >= 0 and x.max() < T)),
+             f"{name} must hold {N} tokens in [0, {T})")
+    seq = out["seq_id"]
+    need(seq.shape == (N,) and (N == 0 or (seq.min() >= 0 and seq.max() < 2 * n)),
+         f"seq_id must hold {N} ids in [0, {2 * n})")
+    need(out["position_ids"].shape[-1] == T, f"position_ids must cover {T} tokens")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,7 +158,7 @@ class PackedBatch(PackedIndices):
     target_ids  [N]     int64  == input_ids[target_index]
     ref_logps   [n, 2]  float32 or None  reference log-probs (chosen, rejected)
     pair_ids    [n]     int64 or None  the pairs' indices in the dataset
-    videos      list of n per-pair video tensors, or None
+    videos      list of n per-pair video inputs (dicts of tensors; moved by ``to``), or None
     is_padding  bool    a bin that only keeps its rank busy (weight its loss 0)
     """
 
@@ -125,9 +175,25 @@ class PackedBatch(PackedIndices):
                 return x.to(device, non_blocking=non_blocking)
             if isinstance(x, list):
                 return [move(v) for v in x]
+            if isinstance(x, dict):  # one video's inputs: pixel tensors, grids, timestamps
+                return {k: move(v) for k, v in x.items()}
             return x
 
         return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+    def pin_memory(self) -> PackedBatch:
+        """This batch with its CPU tensors (video tensors included) in pinned memory, ready for
+        ``to(device, non_blocking=True)``; call it in the loader thread."""
+        def pin(x):
+            if isinstance(x, torch.Tensor):
+                return x.pin_memory() if x.device.type == "cpu" else x
+            if isinstance(x, list):
+                return [pin(v) for v in x]
+            if isinstance(x, dict):
+                return {k: pin(v) for k, v in x.items()}
+            return x
+
+        return replace(self, **{f.name: pin(getattr(self, f.name)) for f in fields(self)})
 
 
 def _token_array(x, what: str, i: int) -> np.ndarray:
