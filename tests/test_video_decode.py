@@ -125,16 +125,40 @@ def test_decode_many_batches_videos_through_dali(videos, tmp_path):
 
 
 def test_auto_backend_choice(videos, monkeypatch, caplog):
+    """On a CPU target auto is PyAV for every codec (measured faster than DALI's CPU decoder);
+    on a CUDA target DALI on the GPU, or PyAV with one warning when DALI does not import."""
     h264, vp9 = probe(videos["h264"]), probe(videos["vp9"])
     assert decode_module.choose_backend(h264) == "pyav"
-    if dali_available():
-        assert decode_module.choose_backend(vp9) == "dali_cpu"
+    assert decode_module.choose_backend(vp9) == "pyav"
+    assert decode_module.choose_backend(vp9, "cpu") == "pyav"
+    monkeypatch.setattr(decode_module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(decode_module, "dali_available", lambda: True)
+    assert decode_module.choose_backend(h264, "cuda:1") == "dali_gpu"
     monkeypatch.setattr(decode_module, "dali_available", lambda: False)
     monkeypatch.setattr(decode_module, "_warned_no_dali", False)
     with caplog.at_level(logging.WARNING, logger="tpo_fast.video.decoders"):
-        assert decode_module.choose_backend(vp9) == "pyav"
-        assert numbers(decode(vp9, [3, 2])) == [3, 2]
+        assert decode_module.choose_backend(vp9, "cuda:1") == "pyav"
+        assert decode_module.choose_backend(h264, "cuda:1") == "pyav"
     assert sum("does not import" in r.message for r in caplog.records) == 1
+
+
+@needs_dali
+def test_dali_failure_falls_back_to_pyav_counted(videos, caplog):
+    decode_module.reset_decode_counts()
+    with pytest.raises(VideoDecodeError):
+        decode(videos["h264"], [0], backend="dali_cpu")  # no fallback unless asked
+    with caplog.at_level(logging.WARNING, logger="tpo_fast.video.decoders"):
+        frames = decode(videos["h264"], [7, 2], backend="dali_cpu", fallback=True)
+    assert numbers(frames) == [7, 2]
+    assert numbers(decode(videos["vp9"], [7, 2], backend="dali_cpu", fallback=True)) == [7, 2]
+    counts = decode_module.decode_counts()
+    assert (counts["fallback"], counts["pyav"], counts["dali_cpu"]) == (1, 1, 1)
+    assert sum("decoding it with PyAV" in r.message for r in caplog.records) == 1
+
+
+def test_dali_gpu_needs_an_explicit_device_index():
+    with pytest.raises(ValueError, match="explicit CUDA device"):
+        decode_dali(["x.mp4"], [[0]], gpu=True, device="cuda")
 
 
 # -- errors ----------------------------------------------------------------------------------

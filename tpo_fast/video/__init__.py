@@ -10,15 +10,23 @@ preprocessing.
 DALI is imported only when a DALI backend runs; PyAV when a file is first probed.
 """
 
-from tpo_fast.video.decoders import BACKENDS, choose_backend, decode, decode_many
+from tpo_fast.video.decoders import (
+    BACKENDS,
+    choose_backend,
+    decode,
+    decode_counts,
+    decode_many,
+    reset_decode_counts,
+)
 from tpo_fast.video.errors import VideoDecodeError
 from tpo_fast.video.info import VideoInfo, probe
 from tpo_fast.video.loader import VideoLoader, load_video_inputs, resolve_plan
 from tpo_fast.video.plans import FramePlan
 from tpo_fast.video.preprocess import preprocess_video, supported_families
+from tpo_fast.video.settings import DecodeSettings
 
 __all__ = [
-    "BACKENDS", "FramePlan", "VideoDecodeError", "VideoInfo", "VideoLoader", "choose_backend",
-    "decode", "decode_many", "load_video_inputs", "preprocess_video", "probe", "resolve_plan",
-    "supported_families",
+    "BACKENDS", "DecodeSettings", "FramePlan", "VideoDecodeError", "VideoInfo", "VideoLoader",
+    "choose_backend", "decode", "decode_counts", "decode_many", "load_video_inputs",
+    "preprocess_video", "probe", "reset_decode_counts", "resolve_plan", "supported_families",
 ]

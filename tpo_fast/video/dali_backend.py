@@ -2,7 +2,12 @@
 
 One pipeline per (backend, device, thread) decodes a batch of in-memory videos, each with its
 own list of frame indices (``frames=``: any order, repeats allowed; DALI builds a keyframe
-index and seeks). DALI's CPU decoder handles VP8, VP9 and MJPEG only (``DALI_CPU_CODECS``);
+index and seeks). Pipelines live in thread-local storage: each decoding worker builds its own
+once and reuses it. The GPU is always named by an explicit index (``device_id``): a worker
+thread's ``torch.cuda.current_device()`` is 0 whatever the rank. DALI 2.4's
+``fn.decoders.video`` indexes the in-memory stream inside every run (``build_index``; it takes
+no index from outside); what is cached per file is our own PyAV frame index (``probe``),
+which routes the file and checks the indices before DALI sees it. DALI's CPU decoder handles VP8, VP9 and MJPEG only (``DALI_CPU_CODECS``);
 the GPU ("mixed") decoder adds H.264, HEVC, AV1 and MPEG-4 (``DALI_GPU_CODECS``).
 
 The CPU path is tested here on VP9. **The GPU path (NVDEC decoding, frames handed to torch on
@@ -84,8 +89,7 @@ def _to_torch_gpu(tensor, device: torch.device) -> torch.Tensor:
 
 def _run(paths: list[str], frames: list[np.ndarray], gpu: bool, device: torch.device | None,
          num_threads: int) -> list[torch.Tensor]:
-    device_id = (device.index if device.index is not None else torch.cuda.current_device()
-                 ) if gpu else None
+    device_id = device.index if gpu else None
     pipe = _pipeline(gpu, device_id, num_threads)
     pipe.feed_input("encoded", [_read(p) for p in paths])
     pipe.feed_input("frames", frames)
@@ -121,8 +125,9 @@ def decode_dali(paths: Sequence[str | os.PathLike], frame_indices: Sequence[Sequ
     if len(paths) != len(frames):
         raise ValueError(f"{len(paths)} paths but {len(frames)} index lists")
     dev = torch.device(device) if device is not None else None
-    if gpu and (dev is None or dev.type != "cuda"):
-        dev = torch.device("cuda", torch.cuda.current_device())
+    if gpu and (dev is None or dev.type != "cuda" or dev.index is None):
+        raise ValueError(f"the DALI GPU decoder needs an explicit CUDA device (cuda:N), got "
+                         f"{device!r}")
     out: list[torch.Tensor] = []
     for lo in range(0, len(paths), MAX_BATCH):
         chunk_p, chunk_f = paths[lo:lo + MAX_BATCH], frames[lo:lo + MAX_BATCH]

@@ -17,6 +17,7 @@ from tpo_fast.video.errors import VideoDecodeError
 from tpo_fast.video.info import probe
 from tpo_fast.video.plans import FramePlan
 from tpo_fast.video.preprocess import preprocess_video
+from tpo_fast.video.settings import DEFAULT_THREADS, DecodeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -50,19 +51,27 @@ def plan_sampling_fps(plan: FramePlan, video_fps: float) -> float:
 def load_video_inputs(path: str | os.PathLike, model_config, *, num_frames: int | None = None,
                       frame_indices: Sequence[int] | None = None, plan: FramePlan | None = None,
                       backend: str = "auto", device: torch.device | str | None = None,
+                      threads: int = DEFAULT_THREADS, fallback: bool = False,
+                      settings: DecodeSettings | None = None,
                       **preprocess_kwargs: Any) -> tuple[dict, FramePlan]:
     """Probe, plan, decode and preprocess one video: ``(model inputs, the plan used)``.
 
     The plan is ``frame_indices`` if given, else ``plan``, else ``uniform(num_frames)``. Frames
-    are decoded onto ``device`` (CPU when None) and preprocessed there; extra keyword
-    arguments go to ``preprocess_video`` (e.g. ``size``). A file that cannot be read, or that
-    has no frames, raises ``VideoDecodeError``; bad arguments raise ``ValueError``."""
+    are decoded onto ``device`` (CPU when None) as uint8 (CPU-decoded frames are pinned and
+    copied without blocking) and preprocessed there; ``settings`` (a ``DecodeSettings``)
+    replaces ``backend``, ``device``, ``threads`` and ``fallback``. Extra keyword arguments go
+    to ``preprocess_video`` (e.g. ``size``). A file that cannot be read, or that has no
+    frames, raises ``VideoDecodeError``; bad arguments raise ``ValueError``."""
+    if settings is not None:
+        backend, device, threads, fallback = (settings.backend, settings.device,
+                                              settings.threads, settings.fallback)
     info = probe(path)
     if info.num_frames < 1 or not info.fps > 0:
         raise VideoDecodeError(info.path, f"zero-length video ({info.num_frames} frames at "
                                           f"{info.fps} fps)")
     chosen = resolve_plan(info, num_frames=num_frames, frame_indices=frame_indices, plan=plan)
-    frames = decode(info, chosen.indices, backend=backend, device=device)
+    frames = decode(info, chosen.indices, backend=backend, device=device, threads=threads,
+                    fallback=fallback)
     preprocess_kwargs.setdefault("fps", plan_sampling_fps(chosen, info.fps))
     inputs = preprocess_video(frames, model_config, timestamps=chosen.timestamps,
                               **preprocess_kwargs)

@@ -118,9 +118,10 @@ def _check_indices(info: VideoInfo, indices: Sequence[int]) -> np.ndarray:
 
 
 def decode_pyav(source: str | os.PathLike | VideoInfo, frame_indices: Sequence[int], *,
-                threads: int = 0) -> np.ndarray:
+                threads: int = 2) -> np.ndarray:
     """Decode exactly ``frame_indices`` (any order, duplicates allowed) of a video:
-    uint8 [n, H, W, 3] RGB. ``threads``: FFmpeg decoder threads (0 = FFmpeg's choice).
+    uint8 [n, H, W, 3] RGB. ``threads``: FFmpeg decoder threads (0 = FFmpeg's choice: every core,
+    which multiplies with decoding workers and ranks, so the data path passes its own).
     Raises ``ValueError`` for indices outside the video, ``VideoDecodeError`` otherwise."""
     path = source.path if isinstance(source, VideoInfo) else os.fspath(source)
     index = frame_index(path)
