@@ -17,27 +17,32 @@ With the default normalisers (n pairs in this call; chosen tokens in this call) 
 ``mean_i DPO_i + α · token-mean NLL of the chosen responses``. Under gradient accumulation pass
 the totals of the whole step as normalisers, so micro-batch losses add up to the step's loss.
 
-DPO_i, with h_i = (π_c − π_ref,c) − (π_r − π_ref,r) (π: summed log-probs; ``ref_logps=None``
-means a reference-free loss, π_ref = 0):
-* ``sigmoid``: −(1 − ε)·log σ(β h) − ε·log σ(−β h), ε = ``label_smoothing`` — the
-  conservative-DPO (cDPO) form, TRL's ``loss_type="sigmoid"`` with label smoothing (not TRL's /
-  Liger's ``"robust"``, which also divides by 1 − 2ε);
-* ``ipo``: (h − 1/(2β))², with π and π_ref length-averaged (divided by the sequence's number
-  of tokens; ``ref_logps`` are always given as sums);
-* ``hinge``: max(0, 1 − β h).
-Rewards are β·(π − π_ref) with the same π as the loss (TRL's convention).
+DPO_i is a per-pair loss over the log-ratios c_i = π_c − π_ref,c and r_i = π_r − π_ref,r
+(π: summed log-probs; ``ref_logps=None`` means a reference-free loss, π_ref = 0):
+``loss_type`` is one of ``LOSS_TYPES`` (sigmoid, ipo, hinge, robust, exo_pair, nca_pair,
+bco_pair, sppo_hard, apo_zero, apo_down, discopop — TRL's formulas, written out in
+``pair_losses.py``) or a list of them, mixed as Σ_k w_k · loss_k with ``loss_weights`` (TRL's
+``loss_type=[...]``, ``loss_weights=[...]``). Notes: ``sigmoid`` with ``label_smoothing`` ε is
+the conservative cDPO form (TRL < 1.0's; TRL ≥ 1.0 and Liger ignore ε there); ``robust``
+divides by 1 − 2ε; ``exo_pair`` needs ε > 0; ``ipo`` length-averages c and r (``ref_logps``
+are always given as sums); the anchored types (``NEEDS_REFERENCE``) need ``ref_logps``;
+``bco_pair``'s reward shift is ``bco_delta`` (0, a value, or a ``RunningRewardMean``).
+Rewards are β·(π − π_ref) (length-averaged for ``loss_type="ipo"`` alone, the π of its loss;
+summed otherwise), TRL's convention.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-import torch.nn.functional as F
 
 from ._checks import FLOAT_DTYPES
 from ._checks import check_inputs as check
+from .pair_losses import (LOSS_TYPES, RunningRewardMean, check_loss_args, loss_mix,
+                          pair_losses)
 from .reference import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 IMPLS = ("auto", "triton", "chunked", "naive")
 
 
@@ -99,65 +104,60 @@ def _check_pairs(seq_id: torch.Tensor, n_tokens: int, num_pairs: int | None,
 
 def dpo_sft_loss(token_logps: torch.Tensor, seq_id: torch.Tensor,
                  ref_logps: torch.Tensor | None = None, beta: float = 0.1,
-                 sft_weight: float = 0.0, loss_type: str = "sigmoid",
+                 sft_weight: float = 0.0, loss_type: str | Sequence[str] = "sigmoid",
                  label_smoothing: float = 0.0, *, num_pairs: int | None = None,
                  dpo_normalizer: float | torch.Tensor | None = None,
                  sft_normalizer: float | torch.Tensor | None = None,
-                 check_inputs: bool = True, dpo_weight: float = 1.0
+                 check_inputs: bool = True, dpo_weight: float = 1.0,
+                 loss_weights: Sequence[float] | None = None, discopop_tau: float = 0.05,
+                 bco_delta: float | torch.Tensor | RunningRewardMean | None = None
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The preference loss on token log-probs [N] (differentiable); see the module docstring.
 
     Returns ``(loss, metrics)``; metrics are detached, in token_logps' float dtype:
     ``policy_logps`` [n, 2] (summed; chosen, rejected), ``chosen_rewards`` [n],
     ``rejected_rewards`` [n], ``margins`` [n] (chosen − rejected reward), ``reward_accuracy``
-    [n] (1.0 where the chosen reward is larger), ``dpo_loss`` (Σ DPO_i / dpo_normalizer),
-    ``nll_loss`` (Σ chosen-token NLL / sft_normalizer, before sft_weight), ``chosen_tokens``.
+    [n] (1.0 where the chosen reward is larger), ``dpo_loss`` (Σ_k w_k Σ_i DPO_k,i /
+    dpo_normalizer), ``nll_loss`` (Σ chosen-token NLL / sft_normalizer, before sft_weight),
+    ``chosen_tokens``.
     """
-    _check_loss_args(beta, loss_type, label_smoothing)
+    types, weights = loss_mix(loss_type, loss_weights)
+    check_loss_args(beta, types, label_smoothing, discopop_tau, ref_logps is not None,
+                    bco_delta)
     if token_logps.dim() != 1:
         raise ValueError(f"token_logps must be [N]; got {tuple(token_logps.shape)}")
     n = _check_pairs(seq_id, token_logps.shape[0], num_pairs, ref_logps, check_inputs)
-    return _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, loss_type,
-                 label_smoothing, dpo_normalizer, sft_normalizer, dpo_weight)
+    return _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, types, weights,
+                 label_smoothing, discopop_tau, bco_delta, dpo_normalizer, sft_normalizer,
+                 dpo_weight)
 
 
-def _check_loss_args(beta, loss_type, label_smoothing) -> None:
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0; got {beta}")
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must lie in [0, 0.5); got {label_smoothing}")
-    if label_smoothing and loss_type != "sigmoid":
-        raise ValueError(f"label_smoothing applies to loss_type='sigmoid' only; got "
-                         f"{loss_type!r} with label_smoothing={label_smoothing}")
-
-
-def _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, loss_type, label_smoothing,
-          dpo_normalizer, sft_normalizer, dpo_weight=1.0):
+def _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, types, weights,
+          label_smoothing, discopop_tau, bco_delta, dpo_normalizer, sft_normalizer,
+          dpo_weight=1.0):
     dtype = token_logps.dtype
     seq_id = seq_id.long()
     seq_logps = token_logps.new_zeros(2 * n).index_add(0, seq_id, token_logps)
     lengths = token_logps.new_zeros(2 * n).index_add_(0, seq_id,
-                                                       torch.ones_like(token_logps))
+                                                       torch.ones_like(token_logps)).view(n, 2)
     policy = seq_logps.view(n, 2)
     ref = (ref_logps.to(device=token_logps.device, dtype=dtype) if ref_logps is not None
            else policy.new_zeros(n, 2))
-    if loss_type == "ipo":
-        policy_used, ref_used = policy / lengths.view(n, 2), ref / lengths.view(n, 2)
-    else:
-        policy_used, ref_used = policy, ref
-    log_ratios = policy_used - ref_used  # [n, 2]
-    h = log_ratios[:, 0] - log_ratios[:, 1]
-    if loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * h)
-        if label_smoothing:
-            losses = (1 - label_smoothing) * losses - label_smoothing * F.logsigmoid(-beta * h)
-    elif loss_type == "ipo":
-        losses = (h - 1 / (2 * beta)) ** 2
-    else:
-        losses = torch.relu(1 - beta * h)
-    dpo_loss = losses.sum() / (n if dpo_normalizer is None else dpo_normalizer)
+    log_ratios = policy - ref  # [n, 2]: c, r
+    # the rewards of the metrics, and BCO's running mean: β·log-ratio, IPO alone averaged
+    reward_ratios = log_ratios / lengths if types == ("ipo",) else log_ratios
+    rewards = beta * reward_ratios.detach()
+    delta = 0.0
+    if isinstance(bco_delta, RunningRewardMean):
+        delta = bco_delta.update(rewards.mean())
+    elif bco_delta is not None:
+        delta = torch.as_tensor(bco_delta, dtype=dtype, device=token_logps.device).detach()
+    dpo_sum = 0.0
+    for loss_type, w in zip(types, weights):
+        losses = pair_losses(loss_type, log_ratios[:, 0], log_ratios[:, 1], lengths, beta,
+                             label_smoothing, discopop_tau, delta)
+        dpo_sum = dpo_sum + (losses.sum() if w == 1.0 else w * losses.sum())
+    dpo_loss = dpo_sum / (n if dpo_normalizer is None else dpo_normalizer)
 
     chosen = (seq_id % 2 == 0).to(dtype)
     chosen_tokens = chosen.sum()
@@ -168,7 +168,6 @@ def _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, loss_type, label_
         loss = loss + sft_weight * nll_loss
 
     with torch.no_grad():
-        rewards = beta * log_ratios.detach()
         metrics = {
             "policy_logps": policy.detach(),
             "chosen_rewards": rewards[:, 0],
@@ -184,21 +183,27 @@ def _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, loss_type, label_
 
 def preference_loss(hidden: torch.Tensor, weight: torch.Tensor, target_ids: torch.Tensor,
                     seq_id: torch.Tensor, ref_logps: torch.Tensor | None = None,
-                    beta: float = 0.1, sft_weight: float = 0.0, loss_type: str = "sigmoid",
+                    beta: float = 0.1, sft_weight: float = 0.0,
+                    loss_type: str | Sequence[str] = "sigmoid",
                     label_smoothing: float = 0.0, *, num_pairs: int | None = None,
                     dpo_normalizer: float | torch.Tensor | None = None,
                     sft_normalizer: float | torch.Tensor | None = None, impl: str = "auto",
                     check_inputs: bool = True, skip_eps: float = 0.0,
                     chunk_tokens: int = CHUNK_TOKENS, configs: dict | None = None,
-                    dpo_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    dpo_weight: float = 1.0, loss_weights: Sequence[float] | None = None,
+                    discopop_tau: float = 0.05,
+                    bco_delta: float | torch.Tensor | RunningRewardMean | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """TPO/DPO loss of packed response tokens, never materialising [N, V] logits (except with
     ``impl="naive"``).
 
     hidden [N, H] (bf16/fp16/fp32): the states that predict each response token; weight [V, H]
     (same dtype): the LM head; target_ids [N]; seq_id [N] (2i chosen, 2i+1 rejected);
     ref_logps [n, 2] fp32 summed reference log-probs (chosen, rejected) or None
-    (reference-free). beta, sft_weight (α), loss_type ("sigmoid" | "ipo" | "hinge"),
-    label_smoothing (sigmoid only, cDPO form): see the module docstring.
+    (reference-free). beta, sft_weight (α), loss_type (one of ``LOSS_TYPES`` or a list of
+    them), loss_weights (one per listed type; default 1 each), label_smoothing (sigmoid: cDPO;
+    robust; exo_pair), discopop_tau, bco_delta: see the module docstring and
+    ``pair_losses.py``.
     num_pairs: n, so the CUDA path need not sync to find it. dpo_normalizer / sft_normalizer:
     divide Σ DPO_i and Σ chosen-token NLL (defaults: n; this call's chosen tokens).
     impl: "auto" | "triton" | "chunked" | "naive" (see ``linear_logprobs``).
@@ -209,7 +214,9 @@ def preference_loss(hidden: torch.Tensor, weight: torch.Tensor, target_ids: torc
     Returns (loss: 0-dim fp32, metrics: see ``dpo_sft_loss``). grad_hidden comes back in
     hidden's dtype, grad_weight in weight's dtype.
     """
-    _check_loss_args(beta, loss_type, label_smoothing)  # fail before the expensive part
+    types, weights = loss_mix(loss_type, loss_weights)  # fail before the expensive part
+    check_loss_args(beta, types, label_smoothing, discopop_tau, ref_logps is not None,
+                    bco_delta)
     if seq_id.shape != target_ids.shape:
         raise ValueError(f"seq_id {tuple(seq_id.shape)} and target_ids "
                          f"{tuple(target_ids.shape)} must both be [N]")
@@ -217,5 +224,6 @@ def preference_loss(hidden: torch.Tensor, weight: torch.Tensor, target_ids: torc
     token_logps = linear_logprobs(hidden, weight, target_ids, impl=impl,
                                   check_inputs=check_inputs, skip_eps=skip_eps,
                                   chunk_tokens=chunk_tokens, configs=configs)
-    return _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, loss_type,
-                 label_smoothing, dpo_normalizer, sft_normalizer, dpo_weight)
+    return _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, types, weights,
+                 label_smoothing, discopop_tau, bco_delta, dpo_normalizer, sft_normalizer,
+                 dpo_weight)

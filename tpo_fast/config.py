@@ -68,8 +68,11 @@ class LossConfig:
     beta: float = 0.1
     sft_weight: float = 0.0  # α: weight of the chosen responses' token-mean NLL (TPO)
     dpo_weight: float = 1.0  # 0 with sft_weight > 0: plain SFT on the chosen responses
-    loss_type: str = "sigmoid"  # sigmoid | ipo | hinge
-    label_smoothing: float = 0.0
+    # one of tpo_fast.kernels.LOSS_TYPES, or a list of them mixed with loss_weights (TRL's)
+    loss_type: str | list[str] = "sigmoid"
+    loss_weights: list[float] | None = None  # one per listed loss type; default 1 each
+    label_smoothing: float = 0.0  # sigmoid (cDPO), robust, exo_pair
+    discopop_tau: float = 0.05
     reference: str = "auto"  # precomputed | model | none | auto (precomputed if present)
 
 
@@ -131,8 +134,7 @@ class TrainConfig:
             (self.loss.dpo_weight >= 0, "loss.dpo_weight must be >= 0"),
             (self.loss.dpo_weight > 0 or self.loss.sft_weight > 0,
              "loss.dpo_weight and loss.sft_weight cannot both be 0"),
-            (self.loss.loss_type in ("sigmoid", "ipo", "hinge"),
-             f"loss.loss_type must be sigmoid, ipo or hinge, got {self.loss.loss_type!r}"),
+            (_loss_mix_error(self.loss) is None, f"loss: {_loss_mix_error(self.loss)}"),
             (0 <= self.loss.label_smoothing < 0.5, "loss.label_smoothing must be in [0, 0.5)"),
             (self.loss.reference in ("precomputed", "model", "none", "auto"),
              "loss.reference must be precomputed, model, none or auto"),
@@ -152,6 +154,20 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         return self
+
+
+def _loss_mix_error(loss: LossConfig) -> str | None:
+    """Why loss_type / loss_weights / label_smoothing / discopop_tau cannot be used together,
+    or None (the kernels' own checks, ``tpo_fast.kernels.LOSS_TYPES``)."""
+    from tpo_fast.kernels.pair_losses import check_loss_args, loss_mix
+
+    try:
+        types, _ = loss_mix(loss.loss_type, loss.loss_weights)
+        # beta is checked on its own line; the reference is known at the first step
+        check_loss_args(1.0, types, loss.label_smoothing, loss.discopop_tau, True, None)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _hints(cls) -> dict:
