@@ -8,7 +8,9 @@ qwen2_5_vl, qwen3_vl, and longva (LLaVA-NeXT-format LongVA checkpoints: ``load_l
 from tpo_fast.models.base import VideoLLMAdapter
 from tpo_fast.models.longva_checkpoint import is_longva_checkpoint, load_longva, save_longva
 from tpo_fast.models.preference_model import PreferenceModel
-from tpo_fast.models.registry import ADAPTERS, SUPPORTED, adapter_class, adapter_for
+from tpo_fast.models.registry import (ADAPTERS, SUPPORTED, adapter_class, adapter_for,
+                                      supported_families)
 
 __all__ = ["ADAPTERS", "SUPPORTED", "PreferenceModel", "VideoLLMAdapter", "adapter_class",
-           "adapter_for", "is_longva_checkpoint", "load_longva", "save_longva"]
+           "adapter_for", "is_longva_checkpoint", "load_longva", "save_longva",
+           "supported_families"]

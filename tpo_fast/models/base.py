@@ -95,6 +95,10 @@ class VideoLLMAdapter:
         """What replaces the placeholder token: the video tokens, plus any family markup."""
         return [self.video_token_id] * self.num_video_tokens(video)
 
+    def placeholder_id(self, tokenizer) -> int:
+        """The token id the chat template writes for the video."""
+        return tokenizer.convert_tokens_to_ids(self.video_placeholder)
+
     def prompt_ids(self, tokenizer, question: str, video: Video, system: str | None = None,
                    chat_template: str | None = None) -> list[int]:
         """Token ids of the chat prompt (generation prompt included) for a question about one
@@ -109,10 +113,11 @@ class VideoLLMAdapter:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                              chat_template=chat_template)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        placeholder = tokenizer.convert_tokens_to_ids(self.video_placeholder)
+        placeholder = self.placeholder_id(tokenizer)
         if ids.count(placeholder) != 1:
             raise ValueError(f"the rendered prompt holds {ids.count(placeholder)} video "
-                             f"placeholders {self.video_placeholder!r}; expected exactly one")
+                             f"placeholders {tokenizer.convert_ids_to_tokens(placeholder)!r}; "
+                             "expected exactly one")
         at = ids.index(placeholder)
         return ids[:at] + self.video_token_ids(tokenizer, video) + ids[at + 1:]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tpo_fast.models.base import VideoLLMAdapter
+from tpo_fast.models.frames import Glm4vStyleAdapter, Glm46vAdapter, Qwen3StyleAdapter
 from tpo_fast.models.llava import LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from tpo_fast.models.longva import LongVAAdapter
 from tpo_fast.models.qwen_vl import Qwen2_5VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
@@ -10,10 +11,20 @@ from tpo_fast.models.qwen_vl import Qwen2_5VLAdapter, Qwen2VLAdapter, Qwen3VLAda
 ADAPTERS: dict[str, type[VideoLLMAdapter]] = {
     t: cls
     for cls in (LlavaOnevisionAdapter, LlavaNextVideoAdapter, Qwen2VLAdapter, Qwen2_5VLAdapter,
-                Qwen3VLAdapter, LongVAAdapter)
+                Qwen3VLAdapter, LongVAAdapter, Qwen3StyleAdapter, Glm4vStyleAdapter, Glm46vAdapter)
     for t in cls.model_types
 }
 SUPPORTED = tuple(sorted(ADAPTERS))
+# Families without a hand-written adapter that run through GenericVideoAdapter, each checked
+# packed-vs-stock in tests/test_models_generic.py (tiny configs from tpo_fast.models.tiny).
+GENERIC_FAMILIES = ("cosmos3_edge", "ernie4_5_vl_moe", "glm46v", "glm4v", "glm4v_moe", "glm_ocr",
+                    "hyperclovax_vision_v2", "minimax_m3_vl", "qwen3_vl_moe", "video_llava")
+
+
+def supported_families() -> tuple[str, ...]:
+    """``config.model_type`` values the packed path is tested on: the hand-written adapters'
+    families and the families verified through the generic adapter."""
+    return tuple(sorted(set(ADAPTERS) | set(GENERIC_FAMILIES)))
 
 
 def adapter_class(model_type: str) -> type[VideoLLMAdapter]:
@@ -25,5 +36,12 @@ def adapter_class(model_type: str) -> type[VideoLLMAdapter]:
 
 
 def adapter_for(model) -> VideoLLMAdapter:
-    """The adapter for a Hugging Face ``<Family>ForConditionalGeneration`` model."""
-    return adapter_class(model.config.model_type)(model)
+    """The adapter for a Hugging Face ``<Family>ForConditionalGeneration`` model: the family's
+    own adapter where it has one, else the generic adapter (which raises
+    ``UnsupportedModelError`` naming what the model lacks)."""
+    cls = ADAPTERS.get(model.config.model_type)
+    if cls is None:
+        from tpo_fast.models.generic import GenericVideoAdapter
+
+        cls = GenericVideoAdapter
+    return cls(model)

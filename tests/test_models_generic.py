@@ -1,0 +1,174 @@
+"""Families run through the generic adapter: packed log-probs and gradients equal the stock
+Hugging Face forward on two unpacked rows per pair.
+
+Tolerance from the reference's own error (STYLE item 3): the ground truth is the stock forward
+in float64; the packed float32 path must be within twice the error of the stock float32 path
+(plus a few float32 ulps of the value's scale), for the per-sequence log-probs and for the
+gradient of every trainable parameter.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from tpo_fast.models import PreferenceModel, adapter_for, supported_families
+from tpo_fast.models.generic import GenericVideoAdapter, UnsupportedModelError
+from tpo_fast.models.registry import GENERIC_FAMILIES
+from tpo_fast.models.tiny import FAMILIES, random_video, tiny_model, tiny_tokenizer
+
+QUESTIONS = ["how many shapes appeared ?", "what happened right after the red star vanished ?",
+             "which shape moved left ?"]
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def frame_step(config) -> int:
+    vision = config.vision_config
+    return getattr(vision, "temporal_patch_size", 1) * getattr(vision, "temporal_merge_size", 1)
+
+
+def make_pairs(family, tokenizer, model, n_pairs, seed):
+    """n_pairs pairs of different video lengths, prompt lengths and response lengths."""
+    adapter = adapter_for(model)
+    step = frame_step(model.config)
+    gen = torch.Generator().manual_seed(seed)
+    videos, prompts, chosen, rejected = [], [], [], []
+    for i in range(n_pairs):
+        video = random_video(family, model.config, step * (1 + i % 2), seed=seed * 100 + i)
+        videos.append(video)
+        prompts.append(adapter.prompt_ids(tokenizer, QUESTIONS[i % 3], video))
+        lens = (1 + (3 * i + seed) % 5, 1 + (2 * i + seed) % 3)
+        chosen.append(torch.randint(40, len(tokenizer), (lens[0],), generator=gen).tolist())
+        rejected.append(torch.randint(40, len(tokenizer), (lens[1],), generator=gen).tolist())
+    return prompts, chosen, rejected, videos
+
+
+def stock_logps(model, adapter, prompts, chosen, rejected, videos):
+    """Each pair as two rows through the stock forward (pixels in, logits out) + log_softmax."""
+    out = []
+    for prompt, c, r, video in zip(prompts, chosen, rejected, videos):
+        row = []
+        for response in (c, r):
+            ids = torch.tensor([prompt + response])
+            kwargs = {k: (v.to(model.dtype) if torch.is_tensor(v) and v.is_floating_point()
+                          else v) for k, v in video.items() if k != "frame_timestamps"}
+            kwargs["mm_token_type_ids"] = torch.tensor([adapter.token_types(ids[0].tolist())])
+            logits = model(input_ids=ids, use_cache=False, **kwargs).logits[0]
+            logps = logits.to(torch.float64 if model.dtype == torch.float64 else torch.float32)
+            logps = logps.log_softmax(-1)[len(prompt) - 1:-1]
+            row.append(logps.gather(1, torch.tensor(response)[:, None]).sum())
+        out.append(torch.stack(row))
+    return torch.stack(out)
+
+
+def _within(got, ref, truth, what):
+    """err(got) <= 2 err(ref) + 8 ulp of the truth's scale (elementwise error, max-reduced)."""
+    truth = truth.double()
+    err_got = (got.detach().double() - truth).abs().max()
+    err_ref = (ref.detach().double() - truth).abs().max()
+    bound = 2 * err_ref + 8 * EPS32 * max(1.0, float(truth.abs().max()))
+    assert err_got <= bound, f"{what}: error {float(err_got):.3g} > {float(bound):.3g} " \
+                             f"(stock float32 error {float(err_ref):.3g})"
+
+
+def check_family(family, n_pairs=2, seed=0):
+    tokenizer = tiny_tokenizer(family)
+    slow = tiny_model(family, tokenizer, seed=seed)
+    fast = PreferenceModel(copy.deepcopy(slow))
+    trainable = {n: p.requires_grad for n, p in fast.model.named_parameters()}
+    for name, p in slow.named_parameters():
+        p.requires_grad_(trainable[name])
+    truth_model = copy.deepcopy(slow).double()
+    pairs = make_pairs(family, tokenizer, slow, n_pairs, seed)
+    weights = torch.randn(n_pairs, 2, generator=torch.Generator().manual_seed(seed))
+
+    grads = {}
+    for name, model in (("truth", truth_model), ("stock", slow)):
+        logps = stock_logps(model, fast.adapter, *pairs)
+        (logps * weights.to(logps.dtype)).sum().backward()
+        grads[name] = (logps.detach(), dict(model.named_parameters()))
+    batch = fast.pack(*pairs)
+    got = fast.policy_logps(batch)
+    (got * weights).sum().backward()
+
+    _within(got, grads["stock"][0], grads["truth"][0], f"{family} log-probs")
+    checked = 0
+    for name, p in fast.model.named_parameters():
+        ref, truth = grads["stock"][1][name].grad, grads["truth"][1][name].grad
+        if not p.requires_grad or truth is None:  # frozen, or unused by a video forward
+            assert p.grad is None or not p.grad.any(), name
+            continue
+        assert p.grad is not None, f"{family}: {name} got no gradient"
+        _within(p.grad, ref, truth, f"{family} grad {name}")
+        checked += 1
+    assert checked > 10
+    return fast, batch
+
+
+SUPPORTED_GENERIC = [f for f in supported_families() if f not in FAMILIES]
+
+
+def test_supported_families_are_all_tested():
+    assert len(supported_families()) >= 15
+    tested = set(FAMILIES) | set(SUPPORTED_GENERIC)  # FAMILIES: tests/test_models_packed.py
+    assert set(supported_families()) == tested
+    assert set(SUPPORTED_GENERIC) == set(GENERIC_FAMILIES) - set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", SUPPORTED_GENERIC)
+def test_packed_equals_stock(family):
+    fast, batch = check_family(family, n_pairs=3, seed=1)
+    assert batch.n_pairs == 3
+    # vision tower frozen (but its projector), projector trained
+    projector = {id(p) for p in fast.adapter.projector_parameters()}
+    assert projector
+    assert not any(p.requires_grad for p in fast.adapter.vision_tower().parameters()
+                   if id(p) not in projector)
+    assert any(p.grad is not None for p in fast.adapter.projector_parameters())
+
+
+@pytest.mark.parametrize("family", SUPPORTED_GENERIC)
+def test_video_token_count_matches_the_features(family):
+    tokenizer = tiny_tokenizer(family)
+    model = tiny_model(family, tokenizer)
+    adapter = adapter_for(model)
+    step = frame_step(model.config)
+    for frames in (step, 3 * step):
+        video = random_video(family, model.config, frames)
+        with torch.no_grad():
+            features = adapter.video_features(video)
+        pooled = features.pooler_output
+        rows = sum(p.reshape(-1, p.shape[-1]).shape[0] for p in pooled) if isinstance(
+            pooled, (tuple, list)) else pooled.reshape(-1, pooled.shape[-1]).shape[0]
+        assert rows == adapter.num_video_tokens(video)
+        prompt = adapter.prompt_ids(tokenizer, "how many shapes appeared ?", video)
+        assert prompt.count(adapter.video_token_id) == rows
+
+
+@pytest.mark.parametrize("family, lacks", [
+    ("qwen3_5", "linear_attention"),       # Gated DeltaNet layers: no keys to share
+    ("exaone4_5", "sliding_attention"),    # sliding windows
+])
+def test_unfit_language_models_are_named(family, lacks):
+    tokenizer = tiny_tokenizer(family)
+    with pytest.raises(UnsupportedModelError, match=lacks):
+        PreferenceModel(tiny_model(family, tokenizer))
+
+
+def test_image_only_model_lacks_video():
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    tokenizer = tiny_tokenizer("qwen2_vl")
+    config = AutoConfig.for_model(
+        "llava", text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=32,
+                                  intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=4, num_key_value_heads=2),
+        vision_config=dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32,
+                           num_hidden_layers=1, num_attention_heads=2, image_size=16,
+                           patch_size=4), image_token_id=7)
+    model = AutoModelForImageTextToText.from_config(config)
+    with pytest.raises(UnsupportedModelError, match="llava.*takes no video input.*"
+                                                    "get_video_features"):
+        adapter_for(model)
+    with pytest.raises(UnsupportedModelError, match="get_video_features"):
+        GenericVideoAdapter(model)

@@ -1,0 +1,334 @@
+"""The generic adapter: any transformers 5 video LLM through the interfaces its families share.
+
+A video-capable ``<Family>ForConditionalGeneration`` in transformers 5 has a base model
+(``model.model``) with
+
+* ``get_video_features(pixel_values_videos, ...)`` — vision tower + projector, returning a
+  ``BaseModelOutputWithPooling`` whose ``pooler_output`` the base forward scatters into the
+  embeddings (extra fields, e.g. Qwen3-VL's ``deepstack_features``, ride along);
+* ``forward(..., mm_encoder_outputs={"video": features})`` — precomputed features instead of
+  pixels;
+* ``get_placeholder_mask(input_ids, inputs_embeds, ...)`` — which token ids receive video
+  features (not always ``config.video_token_id``: GLM-4.1V writes video frames as image tokens);
+* for M-RoPE families, ``get_rope_index(input_ids, [mm_token_type_ids], video_grid_thw, ...)``.
+
+``GenericVideoAdapter`` is built only on those: the video dict's keys are the parameter names of
+the family's own ``get_video_features`` and ``get_rope_index`` (whatever its processor returns),
+the video token is the one the placeholder mask flags, positions come from the model's own
+rope index on each unpacked row, and the projector is what the base model holds besides the
+vision tower and the language model. A model that lacks one of these gets an
+``UnsupportedModelError`` naming what it lacks. Family adapters subclass it only for what is
+really family-specific (the prompt markup around video tokens, a cheaper batching of frames).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from tpo_fast.models.base import Video, VideoLLMAdapter
+
+# names under which families keep their modules (looked up on the base model, in this order)
+_TOWER_NAMES = ("visual", "video_tower", "vision_tower", "vision_model", "vision_encoder", "vision")
+_TOWER_PROJECTOR_NAMES = ("merger", "deepstack_merger_list")  # Qwen-VL keep the projector inside
+_NOT_PROJECTOR = ("language_model", "audio_tower", "audio_model", "audio_encoder", "audio")
+# text-config layer types the prefix-shared attention implements
+_ATTENTION_LAYER_TYPES = {"full_attention", "attention"}
+_GRID_KEY = "video_grid_thw"
+
+
+class UnsupportedModelError(ValueError):
+    """The model cannot run the packed prefix-shared path; the message says what it lacks."""
+
+
+def _parameters(fn) -> dict[str, inspect.Parameter]:
+    return {name: p for name, p in inspect.signature(fn).parameters.items()
+            if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def _token_ids(config) -> dict[str, int]:
+    """Every ``*_token_id`` / ``*_token_index`` integer of the top-level config."""
+    out = {}
+    for name in dir(config):
+        if name.endswith(("_token_id", "_token_index")) and not name.startswith("_"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                out[name] = value
+    return out
+
+
+class GenericVideoAdapter(VideoLLMAdapter):
+    """A transformers 5 video LLM through its own feature, placeholder and rope-index hooks.
+
+    Video input: ``{name: value}`` with the names of the family's ``get_video_features``
+    parameters (its processor's output, e.g. ``pixel_values_videos`` and ``video_grid_thw``),
+    plus any ``get_rope_index`` inputs (``second_per_grid_ts``, ...).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self._check_fits()
+        self._token_count_cache: dict = {}
+
+    # ---- what the model must have ------------------------------------------------------------
+    def _check_fits(self) -> None:
+        name = type(self.model).__name__
+        base = getattr(self.model, "model", None)
+        if base is None or not isinstance(base, nn.Module):
+            raise UnsupportedModelError(f"{name} has no base model (``.model``); expected a "
+                                        "transformers <Family>ForConditionalGeneration")
+        if not callable(getattr(base, "get_video_features", None)):
+            raise UnsupportedModelError(
+                f"{name} ({self.model.config.model_type}) takes no video input: its base model "
+                f"{type(base).__name__} has no get_video_features")
+        if "mm_encoder_outputs" not in inspect.signature(base.forward).parameters:
+            raise UnsupportedModelError(
+                f"{type(base).__name__}.forward takes no mm_encoder_outputs, so precomputed "
+                "video features cannot be injected")
+        if not callable(getattr(base, "get_placeholder_mask", None)):
+            raise UnsupportedModelError(f"{type(base).__name__} has no get_placeholder_mask")
+        if self.model.get_output_embeddings() is None:
+            raise UnsupportedModelError(f"{name} has no LM head (get_output_embeddings)")
+        self._find_tower()
+        text = self.model.config.get_text_config()
+        layer_types = set(getattr(text, "layer_types", None) or ())
+        other = sorted(layer_types - _ATTENTION_LAYER_TYPES)
+        if other:
+            raise UnsupportedModelError(
+                f"{name}'s language model has {other} layers; the prefix-shared forward shares "
+                "the prompt through full attention's keys and values and implements no other "
+                "token mixer (sliding windows, linear attention / recurrences)")
+        if getattr(text, "use_sliding_window", False) and getattr(text, "sliding_window", None):
+            raise UnsupportedModelError(f"{name} uses sliding-window attention "
+                                        "(use_sliding_window), which the packed forward lacks")
+        self._find_video_token()
+
+    def _find_tower(self) -> nn.Module:
+        for attr in _TOWER_NAMES:
+            module = getattr(self.base, attr, None)
+            if isinstance(module, nn.Module):
+                return module
+        raise UnsupportedModelError(f"{type(self.base).__name__} has no vision tower under any "
+                                    f"of {list(_TOWER_NAMES)}")
+
+    def _find_video_token(self) -> int:
+        """The token id the model's own ``get_placeholder_mask`` fills with video features."""
+        candidates = sorted(set(_token_ids(self.model.config).values()))
+        embed = self.base.get_input_embeddings()
+        if not candidates or embed is None:
+            raise UnsupportedModelError(f"{type(self.model).__name__}'s config names no "
+                                        "multimodal token ids")
+        ids = torch.tensor([candidates], device=embed.weight.device)
+        probe = torch.zeros(1, len(candidates), embed.embedding_dim, device=embed.weight.device)
+        with torch.no_grad():
+            masks = self.base.get_placeholder_mask(ids, inputs_embeds=probe)
+        mask = masks[1] if isinstance(masks, tuple) and len(masks) > 1 else None
+        if mask is None:
+            raise UnsupportedModelError(f"{type(self.base).__name__}.get_placeholder_mask gives "
+                                        "no video mask")
+        flagged = [t for t, m in zip(candidates, mask.reshape(len(candidates), -1)[:, 0].tolist())
+                   if m]
+        if len(flagged) != 1:
+            raise UnsupportedModelError(
+                f"{type(self.base).__name__}.get_placeholder_mask flags {len(flagged)} of the "
+                f"config's token ids {candidates} as video slots; expected exactly one")
+        self._video_token = flagged[0]
+        return flagged[0]
+
+    # ---- structure -------------------------------------------------------------------------
+    @property
+    def video_token_id(self) -> int:
+        return self._video_token
+
+    @property
+    def video_keys(self) -> tuple[str, ...]:
+        """The inputs ``get_video_features`` cannot do without (its parameters without default
+        that the config does not supply)."""
+        return tuple(n for n, p in _parameters(self.base.get_video_features).items()
+                     if p.default is inspect.Parameter.empty
+                     and not hasattr(self.model.config, n))
+
+    def vision_tower(self) -> nn.Module:
+        return self._find_tower()
+
+    def projector_parameters(self) -> list[nn.Parameter]:
+        """What maps vision features into the language model: every base-model module that is
+        neither the vision tower nor the language model (nor an audio tower), and the
+        projector modules that some towers hold (Qwen-VL's ``merger``)."""
+        tower = self.vision_tower()
+        params = []
+        for name, child in self.base.named_children():
+            if child is tower or name in _NOT_PROJECTOR or name == "image_tower" or child is self.base.get_input_embeddings():
+                continue
+            params += list(child.parameters())
+        params += [p for name, p in self.base.named_parameters(recurse=False)]
+        for name in _TOWER_PROJECTOR_NAMES:
+            module = getattr(tower, name, None)
+            if isinstance(module, nn.Module):
+                params += list(module.parameters())
+        return params
+
+    # ---- video -----------------------------------------------------------------------------
+    def feature_kwargs(self, video: Video) -> dict:
+        """``get_video_features`` keyword arguments for one video: its own entries, and config
+        values for parameters named after config fields (``vision_feature_layer``, ...)."""
+        kwargs = {}
+        for name in _parameters(self.base.get_video_features):
+            if name in video:
+                kwargs[name] = video[name]
+            elif hasattr(self.model.config, name):
+                kwargs[name] = getattr(self.model.config, name)
+        return kwargs
+
+    def video_features(self, video: Video):
+        tower = self.vision_tower()
+        kwargs = self.feature_kwargs(video)
+        pixels = kwargs.get("pixel_values_videos")
+        if torch.is_tensor(pixels) and pixels.is_floating_point():
+            kwargs["pixel_values_videos"] = pixels.to(next(tower.parameters()).dtype)
+        return self.base.get_video_features(**kwargs, return_dict=True)
+
+    def _batchable(self, videos: list[Video]) -> bool:
+        """Videos whose tensors concatenate along dim 0 as the family's processor batches
+        several videos: grid families (each video's rows plus one ``video_grid_thw`` row)."""
+        return all(_GRID_KEY in v for v in videos)
+
+    def batch_video_features(self, videos: list[Video]):
+        """One ``get_video_features`` call for the micro-batch where the family batches videos
+        by concatenation (grid families); otherwise one call per video (not ZeRO-3 safe: a
+        family adapter should override this)."""
+        if len(videos) > 1 and self._batchable(videos):
+            keys = [k for k in self.feature_kwargs(videos[0]) if k in videos[0]]
+            merged = {}
+            for k in keys:
+                values = [v[k] for v in videos]
+                if all(torch.is_tensor(x) for x in values):
+                    merged[k] = torch.cat([x if x.dim() else x.reshape(1) for x in values])
+                elif all(x == values[0] for x in values):
+                    merged[k] = values[0]
+                else:
+                    return super().batch_video_features(videos)
+            return self.video_features(merged)
+        return super().batch_video_features(videos)
+
+    def merge_features(self, outputs: list):
+        """Per-video (or per-call) feature outputs, in pair order -> one output as the base
+        forward takes it: tuples (one entry per video) are chained, tensors concatenated along
+        their first axis, lists (per layer) merged entry by entry."""
+        first = outputs[0]
+        fields = {}
+        for name in _feature_fields(first):
+            fields[name] = _merge([getattr(o, name) for o in outputs], name)
+        return SimpleNamespace(**fields)
+
+    def num_video_tokens(self, video: Video) -> int:
+        """Grid families: ``prod(video_grid_thw) / merge²`` (the split ``get_video_features``
+        makes); others: the row count of the features, computed once per input signature."""
+        if _GRID_KEY in video:
+            vision = self.model.config.vision_config
+            merge = getattr(vision, "spatial_merge_size", None)
+            if merge is not None:
+                grid = self._grid(video)
+                return int(grid.prod(-1).sum()) // (merge * merge) // getattr(
+                    vision, "temporal_merge_size", 1)
+        return self._measured_token_count(video)
+
+    def _grid(self, video: Video) -> torch.Tensor:
+        return torch.as_tensor(video[_GRID_KEY]).reshape(-1, 3).long()
+
+    def _measured_token_count(self, video: Video) -> int:
+        key = tuple(sorted((k, tuple(v.shape) if torch.is_tensor(v) else repr(v))
+                           for k, v in video.items()))
+        if key not in self._token_count_cache:
+            if any(hasattr(p, "ds_id") for p in self.vision_tower().parameters()):
+                raise RuntimeError(
+                    f"{type(self).__name__} counts a video's tokens by running the vision tower, "
+                    "which a ZeRO-3 partitioned model cannot do outside the training step; "
+                    "give the family adapter a num_video_tokens formula")
+            with torch.no_grad():
+                out = self.video_features(video)
+            self._token_count_cache[key] = _rows(out.pooler_output)
+        return self._token_count_cache[key]
+
+    # ---- prompt ----------------------------------------------------------------------------
+    def placeholder_id(self, tokenizer) -> int:
+        """The token the chat template writes for a video: the config's ``video_token_id``."""
+        config = self.model.config
+        for name in ("video_token_id", "video_token_index"):
+            if isinstance(getattr(config, name, None), int):
+                return getattr(config, name)
+        return self.video_token_id
+
+    # ---- positions -------------------------------------------------------------------------
+    def token_types(self, ids: list[int]) -> list[int]:
+        """``mm_token_type_ids`` of a row: 2 at video slots, 0 elsewhere (text)."""
+        video = self.video_token_id
+        return [2 if t == video else 0 for t in ids]
+
+    def _filler_id(self) -> int:
+        """A text token for rows' response positions (their ids do not change positions)."""
+        taken = set(_token_ids(self.model.config).values())
+        return next(t for t in itertools.count() if t not in taken)
+
+    def rope_kwargs(self, video: Video) -> dict:
+        params = _parameters(self.base.get_rope_index)
+        return {k: v for k, v in video.items() if k in params and k not in
+                ("input_ids", "mm_token_type_ids", "attention_mask")}
+
+    def position_ids_fn(self, prompt_ids, videos):
+        if not callable(getattr(self.base, "get_rope_index", None)):
+            return None
+        params = _parameters(self.base.get_rope_index)
+        filler = self._filler_id()
+
+        def positions(i: int, prompt_len: int, response_len: int):
+            ids = list(prompt_ids[i]) + [filler] * response_len
+            kwargs = self.rope_kwargs(videos[i])
+            if "mm_token_type_ids" in params:
+                kwargs["mm_token_type_ids"] = torch.tensor([self.token_types(ids)])
+            out = self.base.get_rope_index(torch.tensor([ids]), **kwargs)
+            pos = out[0] if isinstance(out, tuple) else out
+            return pos[:, 0].cpu().numpy()
+
+        return positions
+
+    def model_position_ids(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return position_ids[:, None, :] if position_ids.dim() == 2 else position_ids[None]
+
+    def decoder_hidden_states(self, input_ids, position_ids, video_features, **attention_kwargs):
+        extra = {}
+        if "mm_token_type_ids" in inspect.signature(self.base.forward).parameters:
+            # some families route tokens by modality (e.g. ERNIE-4.5-VL's experts)
+            extra["mm_token_type_ids"] = (input_ids == self.video_token_id).long() * 2
+        return super().decoder_hidden_states(input_ids, position_ids, video_features,
+                                             **extra, **attention_kwargs)
+
+
+def _feature_fields(output) -> list[str]:
+    if hasattr(output, "keys"):
+        names = list(output.keys())
+    else:
+        names = list(vars(output))
+    return [n for n in names if n not in ("last_hidden_state", "hidden_states", "attentions")
+            and getattr(output, n, None) is not None]
+
+
+def _merge(values: list, name: str):
+    first = values[0]
+    if isinstance(first, tuple):
+        return tuple(itertools.chain.from_iterable(values))
+    if torch.is_tensor(first):
+        return torch.cat(values, dim=0)
+    if isinstance(first, list):
+        return [_merge([v[i] for v in values], name) for i in range(len(first))]
+    raise TypeError(f"cannot merge feature field {name!r} of type {type(first).__name__}")
+
+
+def _rows(pooler_output) -> int:
+    if isinstance(pooler_output, (tuple, list)):
+        return sum(_rows(p) for p in pooler_output)
+    return pooler_output.reshape(-1, pooler_output.shape[-1]).shape[0]
