@@ -58,6 +58,9 @@ class DataConfig:
     skip_invalid: bool = False  # skip (and count) malformed pairs instead of failing
     system_prompt: str | None = None
     decode_threads: int = 4
+    video_backend: str = "auto"  # auto (CUDA: DALI GPU, else PyAV) | pyav | dali_cpu | dali_gpu
+    decode_device: str = "auto"  # auto (the model's device) | cpu | cuda | cuda:N
+    video_threads: int = 2  # FFmpeg / DALI threads per decode (0 would be every core)
     # Qwen-VL resize bounds in pixels per frame (None: the processor's defaults)
     min_pixels: int | None = None
     max_pixels: int | None = None
@@ -129,6 +132,14 @@ class TrainConfig:
             (self.data.train, "data.train (the pairs file) must be set"),
             (self.data.frames >= 1, "data.frames must be >= 1"),
             (self.data.token_budget >= 1, "data.token_budget must be >= 1"),
+            (self.data.video_backend in ("auto", "pyav", "dali_cpu", "dali_gpu"),
+             f"data.video_backend must be auto, pyav, dali_cpu or dali_gpu, got "
+             f"{self.data.video_backend!r}"),
+            (self.data.decode_device == "auto" or self.data.decode_device == "cpu"
+             or self.data.decode_device.split(":")[0] == "cuda",
+             f"data.decode_device must be auto, cpu, cuda or cuda:N, got "
+             f"{self.data.decode_device!r}"),
+            (self.data.video_threads >= 1, "data.video_threads must be >= 1"),
             (self.loss.beta > 0, "loss.beta must be > 0"),
             (self.loss.sft_weight >= 0, "loss.sft_weight must be >= 0"),
             (self.loss.dpo_weight >= 0, "loss.dpo_weight must be >= 0"),

@@ -40,6 +40,9 @@ class PolicyConfig:
     top_p: float = 1.0
     system_prompt: str | None = None
     decode_workers: int = 2  # background video-decoding threads
+    video_backend: str = "auto"  # auto (CUDA: DALI GPU, else PyAV) | pyav | dali_cpu | dali_gpu
+    decode_device: str = "auto"  # auto (the policy model's device) | cpu | cuda | cuda:N
+    video_threads: int = 2  # FFmpeg / DALI threads per decode
 
 
 @dataclass
@@ -159,6 +162,12 @@ class CurateConfig:
              "policy.kind=hf needs exactly one of policy.path or policy.tiny"),
             (p.batch_size >= 1 and p.max_new_tokens >= 1,
              "policy.batch_size and policy.max_new_tokens must be >= 1"),
+            (p.video_backend in ("auto", "pyav", "dali_cpu", "dali_gpu"),
+             f"policy.video_backend must be auto, pyav, dali_cpu or dali_gpu, got "
+             f"{p.video_backend!r}"),
+            (p.decode_device in ("auto", "cpu") or p.decode_device.split(":")[0] == "cuda",
+             f"policy.decode_device must be auto, cpu, cuda or cuda:N, got {p.decode_device!r}"),
+            (p.video_threads >= 1, "policy.video_threads must be >= 1"),
             (self.captions.source in ("auto", "given", "policy"),
              "captions.source must be auto, given or policy"),
             (self.captions.windows >= 1 and self.captions.frames >= 1,

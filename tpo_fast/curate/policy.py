@@ -3,8 +3,10 @@ by default, the captions).
 
     policy.answer([PolicyRequest(id, video, plan, question, seed, events), ...]) -> [str | None]
 
-``HFPolicy`` decodes each request's frame plan in background threads (``VideoLoader``) and runs
-batched ``generate``; ``AnnotationPolicy`` answers from the ground-truth events that the plan's
+``HFPolicy`` decodes each request's frame plan in background threads (``VideoLoader``; backend,
+device and threads from ``policy.video_backend`` / ``decode_device`` / ``video_threads``: on a
+CUDA machine by default DALI on the model's GPU) and runs batched ``generate``;
+``AnnotationPolicy`` answers from the ground-truth events that the plan's
 frames show (the synthetic demo and fast tests: a rejected input that misses the segment really
 does miss its events). ``None`` marks a request whose video could not be decoded.
 """
@@ -62,14 +64,20 @@ class HFPolicy:
 
     def __init__(self, model, tokenizer, cfg: PolicyConfig, name: str):
         from tpo_fast.models.registry import adapter_for
+        from tpo_fast.video import DecodeSettings
 
         self.model, self.tokenizer, self.cfg, self.name = model, tokenizer, cfg, name
         self.adapter = adapter_for(model)
+        # Resolved in this thread, so decoding workers get an explicit device index.
+        self.decode = DecodeSettings.build(cfg.video_backend, cfg.decode_device,
+                                           cfg.video_threads,
+                                           model_device=next(model.parameters()).device)
 
     def _inputs(self, request: PolicyRequest) -> tuple[list[int], dict]:
         from tpo_fast.video import load_video_inputs
 
-        video, _ = load_video_inputs(request.video, self.model.config, plan=request.plan)
+        video, _ = load_video_inputs(request.video, self.model.config, plan=request.plan,
+                                     settings=self.decode)
         ids = self.adapter.prompt_ids(self.tokenizer, request.question, video,
                                       system=self.cfg.system_prompt)
         return ids, video

@@ -5,6 +5,12 @@ every video (a header read) and builds a packing-plan bin on demand: the bin's v
 decoded on a small thread pool (``tpo_fast.video``), preprocessed into the model's video inputs
 and packed with the family's position ids (``PreferenceModel.pack``).
 
+Decoding follows ``data.video_backend`` / ``data.decode_device`` / ``data.video_threads``
+(``DecodeSettings``): on a CUDA machine by default DALI decodes on the model's own GPU and the
+frames are preprocessed there; CPU-decoded frames travel as pinned uint8 and are normalised on
+the device. On CUDA the packed batch's index tensors are pinned too (in the building thread),
+so ``batch.to(device, non_blocking=True)`` does not block.
+
 A pair that cannot be used (empty response, over-long tokenization, unreadable video) is an
 error naming its file and line, or, with ``data.skip_invalid=true``, a counted skip.
 """
@@ -38,16 +44,24 @@ class TPODataset:
         records: validated pairs (``read_pairs``).
         policy: the ``PreferenceModel`` (its adapter, config and ``pack``).
         tokenizer: the model's tokenizer (with its chat template).
-        data_cfg: ``DataConfig`` (frames, system_prompt, decode_threads, skip_invalid).
-    After construction ``skipped`` lists ``"file:line: reason"`` for every pair left out.
+        data_cfg: ``DataConfig`` (frames, system_prompt, decode_threads, skip_invalid,
+            video_backend, decode_device, video_threads).
+    After construction ``skipped`` lists ``"file:line: reason"`` for every pair left out and
+    ``decode`` holds the resolved ``DecodeSettings`` (explicit device).
     """
 
     def __init__(self, records: list[PairRecord], policy, tokenizer, data_cfg):
+        from tpo_fast.video import DecodeSettings
+
         self.policy = policy
         self.adapter = policy.adapter
         self.model_config = policy.model.config
         self.tokenizer = tokenizer
         self.cfg = data_cfg
+        # Resolved here, in the constructing thread: workers get an explicit device index.
+        self.decode = DecodeSettings.build(
+            getattr(data_cfg, "video_backend", "auto"), getattr(data_cfg, "decode_device", "auto"),
+            getattr(data_cfg, "video_threads", 2), model_device=policy.device)
         self.skipped: list[str] = []
         self._shape_videos: dict[tuple, dict] = {}
         self.records, self.tokens, prompt_lens = [], [], []
@@ -134,7 +148,7 @@ class TPODataset:
         from tpo_fast.video import load_video_inputs
 
         record = self.records[i]
-        video, _ = load_video_inputs(record.video, self.model_config,
+        video, _ = load_video_inputs(record.video, self.model_config, settings=self.decode,
                                      **self._frames_kwargs(record), **self._preprocess_kwargs())
         return video
 
@@ -148,9 +162,10 @@ class TPODataset:
         ref = None
         if self.has_ref_logps:
             ref = torch.tensor([self.records[i].ref_logps for i in pair_ids], dtype=torch.float32)
-        return self.policy.pack(prompts, [self.tokens[i].chosen for i in pair_ids],
-                                [self.tokens[i].rejected for i in pair_ids], videos,
-                                ref_logps=ref, pair_ids=pair_ids, is_padding=is_padding)
+        batch = self.policy.pack(prompts, [self.tokens[i].chosen for i in pair_ids],
+                                 [self.tokens[i].rejected for i in pair_ids], videos,
+                                 ref_logps=ref, pair_ids=pair_ids, is_padding=is_padding)
+        return batch.pin_memory() if self.decode.on_cuda else batch
 
     def describe(self, i: int) -> str:
         record = self.records[int(i)]

@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate only the first N questions")
     p.add_argument("--batch-size", type=int, default=4, help="questions per forward")
     p.add_argument("--decode-workers", type=int, default=2, help="video decoding threads")
+    p.add_argument("--video-backend", choices=("auto", "pyav", "dali_cpu", "dali_gpu"),
+                   default="auto", help="video decoder (auto: DALI on the model's GPU when it "
+                                        "is on CUDA, else PyAV)")
+    p.add_argument("--decode-device", default="auto",
+                   help="where frames are decoded/preprocessed (auto: the model's device)")
+    p.add_argument("--video-threads", type=int, default=2,
+                   help="FFmpeg / DALI threads per video decode")
     p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="model dtype (default: bfloat16 on GPU, float32 on CPU)")
@@ -110,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                        batch_size=args.batch_size, answer_format=args.answer_format,
                        length_normalize=args.length_normalize,
                        max_new_tokens=args.max_new_tokens, decode_workers=args.decode_workers,
-                       progress=not args.no_progress)
+                       video_backend=args.video_backend, decode_device=args.decode_device,
+                       video_threads=args.video_threads, progress=not args.no_progress)
     results["source"] = {"format": args.format, "annotations": str(args.annotations),
                          "video_root": args.video_root, "model": args.model or f"tiny:{args.tiny}",
                          "invalid_items_skipped": stats.skipped}

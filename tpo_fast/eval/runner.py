@@ -48,6 +48,9 @@ class EvalSettings:
     instruction: str = DEFAULT_INSTRUCTION
     system: str | None = None
     decode_workers: int = 2
+    video_backend: str = "auto"  # auto (CUDA: DALI on the model's GPU, else PyAV) | pyav | ...
+    decode_device: str = "auto"  # auto (the model's device) | cpu | cuda | cuda:N
+    video_threads: int = 2  # FFmpeg / DALI threads per decode
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -57,6 +60,13 @@ class EvalSettings:
                              f"{ANSWER_FORMATS}")
         if self.frames < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError("frames, batch_size and max_new_tokens must be >= 1")
+        from tpo_fast.video.settings import VIDEO_BACKENDS
+
+        if self.video_backend not in VIDEO_BACKENDS:
+            raise ValueError(f"unknown video backend {self.video_backend!r}; choose from "
+                             f"{VIDEO_BACKENDS}")
+        if self.video_threads < 1:
+            raise ValueError("video_threads must be >= 1")
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -169,7 +179,8 @@ def evaluate(model, tokenizer, questions: list[MCQuestion], *, method: str = "lo
              frames: int = 8, batch_size: int = 4, answer_format: str = "letter",
              length_normalize: bool = False, max_new_tokens: int = 16,
              instruction: str = DEFAULT_INSTRUCTION, system: str | None = None,
-             decode_workers: int = 2, progress: bool = True) -> dict:
+             decode_workers: int = 2, video_backend: str = "auto", decode_device: str = "auto",
+             video_threads: int = 2, progress: bool = True) -> dict:
     """Evaluate ``model`` (a HF video LLM of any ``tpo_fast.models`` family, or a
     ``PreferenceModel``) on multiple-choice ``questions``.
 
@@ -181,6 +192,8 @@ def evaluate(model, tokenizer, questions: list[MCQuestion], *, method: str = "lo
         answer_format: loglik scores the answer "B" ("letter") or "B. red" ("letter_text").
         length_normalize: loglik ranks options by mean instead of summed token log-prob.
         decode_workers: background video-decoding threads (0: decode in this thread).
+        video_backend, decode_device, video_threads: how videos decode (``DecodeSettings``;
+            by default DALI on the model's GPU on a CUDA machine, else PyAV).
     Returns:
         ``{"settings", "n_questions", "n_evaluated", "decode_failures", "skipped", <method>:
         {"accuracy", "correct", "total", "unparseable", "by_task_type", "by_duration_group"},
@@ -191,7 +204,9 @@ def evaluate(model, tokenizer, questions: list[MCQuestion], *, method: str = "lo
     settings = EvalSettings(method=method, frames=frames, batch_size=batch_size,
                             answer_format=answer_format, length_normalize=length_normalize,
                             max_new_tokens=max_new_tokens, instruction=instruction,
-                            system=system, decode_workers=decode_workers)
+                            system=system, decode_workers=decode_workers,
+                            video_backend=video_backend, decode_device=decode_device,
+                            video_threads=video_threads)
     from tpo_fast.models import PreferenceModel
 
     hf_model = model.model if isinstance(model, PreferenceModel) else model
@@ -217,12 +232,17 @@ def _run(evaluator: Evaluator, questions: list[MCQuestion], settings: EvalSettin
     """Decode, batch and score; returns the skipped (video, questions, reason) groups."""
     from tqdm.auto import tqdm
 
-    from tpo_fast.video import VideoLoader, load_video_inputs
+    from tpo_fast.video import DecodeSettings, VideoLoader, load_video_inputs
 
     config = evaluator.model.config
     groups = group_by_video(questions)
+    # Resolved here, so the decoding threads get an explicit device index.
+    decode = DecodeSettings.build(settings.video_backend, settings.decode_device,
+                                  settings.video_threads,
+                                  model_device=next(evaluator.model.parameters()).device)
     loader = VideoLoader(
-        groups, lambda g: load_video_inputs(g[0], config, num_frames=settings.frames)[0],
+        groups, lambda g: load_video_inputs(g[0], config, num_frames=settings.frames,
+                                            settings=decode)[0],
         num_workers=settings.decode_workers, prefetch=max(2, settings.batch_size))
     bar = tqdm(total=len(questions), desc=f"eval ({settings.method})", unit="q",
                disable=not progress)

@@ -7,8 +7,10 @@ once and reuses it. The GPU is always named by an explicit index (``device_id``)
 thread's ``torch.cuda.current_device()`` is 0 whatever the rank. DALI 2.4's
 ``fn.decoders.video`` indexes the in-memory stream inside every run (``build_index``; it takes
 no index from outside); what is cached per file is our own PyAV frame index (``probe``),
-which routes the file and checks the indices before DALI sees it. DALI's CPU decoder handles VP8, VP9 and MJPEG only (``DALI_CPU_CODECS``);
-the GPU ("mixed") decoder adds H.264, HEVC, AV1 and MPEG-4 (``DALI_GPU_CODECS``).
+which routes the file and checks the indices before DALI sees it.
+
+DALI's CPU decoder handles VP8, VP9 and MJPEG only (``DALI_CPU_CODECS``); the GPU ("mixed")
+decoder adds H.264, HEVC, AV1 and MPEG-4 (``DALI_GPU_CODECS``).
 
 The CPU path is tested here on VP9. **The GPU path (NVDEC decoding, frames handed to torch on
 the GPU without a host round trip) is unvalidated on hardware**: it was written against DALI's
