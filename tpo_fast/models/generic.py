@@ -146,10 +146,11 @@ class GenericVideoAdapter(VideoLLMAdapter):
 
     @property
     def video_keys(self) -> tuple[str, ...]:
-        """The inputs ``get_video_features`` cannot do without (its parameters without default
-        that the config does not supply)."""
+        """The inputs ``get_video_features`` cannot do without: its parameters without default
+        that the config does not supply, and the grid (``*_grid_thw``: the features are split
+        by it, though its signature defaults it to None)."""
         return tuple(n for n, p in _parameters(self.base.get_video_features).items()
-                     if p.default is inspect.Parameter.empty
+                     if (p.default is inspect.Parameter.empty or n.endswith("grid_thw"))
                      and not hasattr(self.model.config, n))
 
     def vision_tower(self) -> nn.Module:
@@ -217,8 +218,9 @@ class GenericVideoAdapter(VideoLLMAdapter):
 
     def merge_features(self, outputs: list):
         """Per-video (or per-call) feature outputs, in pair order -> one output as the base
-        forward takes it: tuples (one entry per video) are chained, tensors concatenated along
-        their first axis, lists (per layer) merged entry by entry."""
+        forward takes it: tuples (one entry per video) are chained, [1, tokens, H] tensors
+        joined along the tokens, other tensors along their first axis, lists (per layer)
+        merged entry by entry."""
         first = outputs[0]
         fields = {}
         for name in _feature_fields(first):
@@ -322,6 +324,8 @@ def _merge(values: list, name: str):
     if isinstance(first, tuple):
         return tuple(itertools.chain.from_iterable(values))
     if torch.is_tensor(first):
+        if all(v.dim() == 3 and v.shape[0] == 1 for v in values):
+            return torch.cat(values, dim=1)  # [1, tokens, H]: one video's rows each
         return torch.cat(values, dim=0)
     if isinstance(first, list):
         return [_merge([v[i] for v in values], name) for i in range(len(first))]

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import torch
 
 from tpo_fast.models.base import Video, VideoLLMAdapter
+from tpo_fast.models.generic import GenericVideoAdapter
 
 
 class _LlavaAdapter(VideoLLMAdapter):
@@ -40,7 +41,6 @@ class _LlavaAdapter(VideoLLMAdapter):
             vision_feature_select_strategy=cfg.vision_feature_select_strategy, return_dict=True,
         )
 
-
     def batch_video_features(self, videos: list[Video]):
         """Every frame of every video as a one-frame video, in one call (the tower, projector
         and pooling work frame by frame), regrouped per video by ``_regroup``."""
@@ -54,12 +54,12 @@ class _LlavaAdapter(VideoLLMAdapter):
         return per_frame.reshape(1, -1, per_frame.shape[-1])
 
 
-class LlavaOnevisionAdapter(_LlavaAdapter):
+class LlavaOnevisionAdapter(_LlavaAdapter, GenericVideoAdapter):
+    """The generic adapter (video token, projector = multi_modal_projector + image_newline),
+    with LLaVA's frame-by-frame batching and token count."""
+
     model_types = ("llava_onevision",)
     end_of_turn = "<|im_end|>"
-
-    def projector_parameters(self):
-        return [*self.base.multi_modal_projector.parameters(), self.base.image_newline]
 
     def _regroup(self, per_frame, counts):
         # each one-frame video ends with the newline; a video ends with one newline in all
@@ -74,7 +74,10 @@ class LlavaOnevisionAdapter(_LlavaAdapter):
         return video["pixel_values_videos"].shape[1] * side * side + 1
 
 
-class LlavaNextVideoAdapter(_LlavaAdapter):
+class LlavaNextVideoAdapter(_LlavaAdapter, GenericVideoAdapter):
+    """The generic adapter, with LLaVA's frame-by-frame batching and token count; its
+    ``image_newline`` serves images only, so the projector leaves it out."""
+
     model_types = ("llava_next_video",)
 
     def projector_parameters(self):
