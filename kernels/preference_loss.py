@@ -122,8 +122,9 @@ def dpo_sft_loss(token_logps: torch.Tensor, seq_id: torch.Tensor,
     ``chosen_tokens``.
     """
     types, weights = loss_mix(loss_type, loss_weights)
-    check_loss_args(beta, types, label_smoothing, discopop_tau, ref_logps is not None,
-                    bco_delta)
+    # dpo_weight = 0 (plain SFT) needs no reference whatever the type
+    check_loss_args(beta, types, label_smoothing, discopop_tau,
+                    ref_logps is not None or dpo_weight == 0, bco_delta)
     if token_logps.dim() != 1:
         raise ValueError(f"token_logps must be [N]; got {tuple(token_logps.shape)}")
     n = _check_pairs(seq_id, token_logps.shape[0], num_pairs, ref_logps, check_inputs)
@@ -215,8 +216,9 @@ def preference_loss(hidden: torch.Tensor, weight: torch.Tensor, target_ids: torc
     hidden's dtype, grad_weight in weight's dtype.
     """
     types, weights = loss_mix(loss_type, loss_weights)  # fail before the expensive part
-    check_loss_args(beta, types, label_smoothing, discopop_tau, ref_logps is not None,
-                    bco_delta)
+    # dpo_weight = 0 (plain SFT) needs no reference whatever the type
+    check_loss_args(beta, types, label_smoothing, discopop_tau,
+                    ref_logps is not None or dpo_weight == 0, bco_delta)
     if seq_id.shape != target_ids.shape:
         raise ValueError(f"seq_id {tuple(seq_id.shape)} and target_ids "
                          f"{tuple(target_ids.shape)} must both be [N]")

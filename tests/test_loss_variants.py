@@ -297,10 +297,10 @@ def test_mix_is_the_weighted_sum_of_single_types():
     torch.testing.assert_close(ones[0], sum(s[0] for s in single), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_bco_running_mean_matches_trl_before_1_0(impl):
+def test_bco_running_mean_matches_trl_before_1_0(impl="chunked"):
     """Three calls with one RunningRewardMean give TRL < 1.0's running δ and losses; a fixed
-    δ is used as given."""
+    δ is used as given. (δ is torch on top of the token log-probs: the Triton path's bco_pair
+    gradients are checked above.)"""
     batches = [Pairs(n=3, seed=s) for s in (1, 2, 3)]
     state, trl_state, trl_state32 = RunningRewardMean(), TRLRunningMoments(), TRLRunningMoments()
     for p in batches:
@@ -395,3 +395,6 @@ def test_reference_free_types_still_work_and_zeros_are_explicit():
         ref = torch.zeros(p.n, 2) if t in NEEDS_REFERENCE else None
         loss, _ = dpo_sft_loss(token, p.seq_id, ref, BETA, 0.0, t, eps)
         assert torch.isfinite(loss), t
+        # plain SFT (dpo_weight 0) needs no reference whatever the type
+        sft, metrics = dpo_sft_loss(token, p.seq_id, None, BETA, 1.0, t, eps, dpo_weight=0.0)
+        torch.testing.assert_close(sft, metrics["nll_loss"])
