@@ -166,6 +166,8 @@ def pair_losses(loss_type: str, chosen: torch.Tensor, rejected: torch.Tensor,
         return torch.sigmoid(beta * chosen) + 1 - torch.sigmoid(beta * h)
     if loss_type == "discopop":
         x = beta * h
-        modulation = torch.sigmoid(x / discopop_tau)
-        return -F.logsigmoid(x) * (1 - modulation) + torch.exp(-x) * modulation
+        # exp(−x)·σ(x/τ) as exp(−x + log σ(x/τ)): the same value, but finite where the product
+        # would be inf · 0 (βh below about −88 in fp32)
+        return (-F.logsigmoid(x) * torch.sigmoid(-x / discopop_tau)
+                + torch.exp(F.logsigmoid(x / discopop_tau) - x))
     raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")

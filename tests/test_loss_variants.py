@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tpo_fast.kernels import (LOSS_TYPES, NEEDS_REFERENCE, RunningRewardMean, dpo_sft_loss,
-                              naive_linear_logprobs, preference_loss)
+                              naive_linear_logprobs, pair_losses, preference_loss)
 
 pytestmark = pytest.mark.usefixtures("nan_empty")
 
@@ -398,3 +398,18 @@ def test_reference_free_types_still_work_and_zeros_are_explicit():
         # plain SFT (dpo_weight 0) needs no reference whatever the type
         sft, metrics = dpo_sft_loss(token, p.seq_id, None, BETA, 1.0, t, eps, dpo_weight=0.0)
         torch.testing.assert_close(sft, metrics["nll_loss"])
+
+
+def test_discopop_stays_finite_where_trl_product_overflows():
+    """exp(−βh)·σ(βh/τ) is inf · 0 in fp32 for βh < −88; ours is its finite limit, and equal to
+    TRL's product wherever that is finite."""
+    h = torch.tensor([-400.0, -50.0, -1.0, 0.0, 2.0, 400.0], requires_grad=True)
+    zeros = torch.zeros_like(h)
+    ours_ = pair_losses("discopop", h, zeros, None, BETA, discopop_tau=TAU)
+    ours_.sum().backward()
+    trl = trl_losses("discopop", h.detach(), zeros, zeros, zeros, None, None, BETA, 0.0, TAU, 0.0)
+    assert torch.isfinite(ours_).all() and torch.isfinite(h.grad).all()
+    assert trl[0].isnan()  # the product form
+    torch.testing.assert_close(ours_[1:], trl[1:])
+    # far below: the logistic part −log σ(βh) ≈ −βh remains
+    torch.testing.assert_close(ours_[0], -BETA * h[0].detach())
