@@ -239,3 +239,30 @@ def test_dali_gpu_frames_are_pyavs_frames(tmp_path, codec):
     diff = (gpu.cpu().float() - cpu.float()).abs()
     assert diff.mean() < 2.0, float(diff.mean())
     assert np.percentile(diff.numpy(), 99) <= 4, float(np.percentile(diff.numpy(), 99))
+
+
+@pytest.mark.gpu
+def test_pyav_frames_reach_the_gpu_as_uint8_and_are_normalised_there(tmp_path, monkeypatch):
+    """backend=pyav with a CUDA device: the uint8 frames are pinned and copied (not the float
+    pixels), preprocessing runs on the GPU, and the result equals the CPU path's."""
+    from tpo_fast.video import decoders, load_video_inputs
+    from tpo_fast.video.synthetic import write_index_video
+
+    path = write_index_video(tmp_path / "v.mp4", 24, codec="h264", gop=8, texture=True)
+    cfg = type("Cfg", (), {"model_type": "llava_onevision",
+                           "vision_config": type("V", (), {"image_size": 32})()})()
+    moved = []
+    real = decoders.to_device
+
+    def spy(frames, device):
+        moved.append((frames.dtype, frames.device.type))
+        return real(frames, device)
+
+    monkeypatch.setattr(decoders, "to_device", spy)
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    gpu, _ = load_video_inputs(path, cfg, num_frames=4, backend="pyav", device=device)
+    cpu, _ = load_video_inputs(path, cfg, num_frames=4, backend="pyav")
+    assert moved[0] == (torch.uint8, "cpu")
+    assert gpu["pixel_values_videos"].device == device
+    torch.testing.assert_close(gpu["pixel_values_videos"].cpu(), cpu["pixel_values_videos"],
+                               atol=1e-4, rtol=0)
