@@ -151,8 +151,10 @@ def _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, types, weights,
     delta = 0.0
     if isinstance(bco_delta, RunningRewardMean):
         delta = bco_delta.update(rewards.mean())
+    elif isinstance(bco_delta, torch.Tensor):
+        delta = bco_delta.detach().to(device=token_logps.device, dtype=dtype)
     elif bco_delta is not None:
-        delta = torch.as_tensor(bco_delta, dtype=dtype, device=token_logps.device).detach()
+        delta = float(bco_delta)  # a Python number: no host-to-device copy
     dpo_sum = 0.0
     for loss_type, w in zip(types, weights):
         losses = pair_losses(loss_type, log_ratios[:, 0], log_ratios[:, 1], lengths, beta,

@@ -320,6 +320,8 @@ def test_bco_running_mean_matches_trl_before_1_0(impl="chunked"):
     ref32 = run_trl(p, ["bco_pair"], [1.0], torch.float32, bco=0.7)
     within_twice(fixed[0], ref32[0], truth[0], "loss (fixed delta)", 1.0)
     assert not torch.allclose(fixed[0], run_ours(p, impl, loss_type="bco_pair")[0])
+    as_tensor = run_ours(p, impl, loss_type="bco_pair", bco_delta=torch.tensor(0.7))
+    torch.testing.assert_close(as_tensor[0], fixed[0])
 
 
 def test_bf16_every_type_on_the_triton_path():
