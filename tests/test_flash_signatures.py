@@ -30,8 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tpo_fast.attention import PackedAttention
-from tpo_fast.attention import backends
+from tpo_fast.attention import PackedAttention, backends
 from tpo_fast.attention.reference import prefix_shared_attention_reference
 from tpo_fast.packing import build_indices
 

@@ -129,6 +129,7 @@ def test_a_whole_micro_step_does_not_sync():
     """A tiny LLaVA-OneVision policy: pack on the host, pin, non-blocking copy, vision tower,
     packed forward, fused DPO+SFT loss, backward, all under sync_debug_mode("error")."""
     from tpo_fast.kernels import preference_loss
+
     from tpo_fast.models import PreferenceModel
     from tpo_fast.models.tiny import random_video, tiny_model, tiny_tokenizer
 

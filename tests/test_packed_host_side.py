@@ -12,8 +12,8 @@ import torch
 
 from tpo_fast.attention import PackedAttention
 from tpo_fast.attention.block_mask import packed_block_mask
-from tpo_fast.packing import build_indices, pack_pairs
 from tpo_fast.packing import batch as batch_module
+from tpo_fast.packing import build_indices, pack_pairs
 
 
 def test_packed_attention_reads_no_device_values():
