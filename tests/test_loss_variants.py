@@ -282,6 +282,22 @@ def test_weighted_mix_matches_trl(impl):
     torch.testing.assert_close(metrics["chosen_rewards"], ours("sigmoid", impl)[1]["chosen_rewards"])
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_one_pair_every_type_mixed_matches_trl(impl):
+    """A packed batch of a single pair (a one-token chosen response), every type in one mix."""
+    p = Pairs(n=1, seed=11)
+    types = list(LOSS_TYPES)
+    weights = [1.0 - 0.15 * i for i in range(len(types))]  # some negative
+    truth = run_trl(p, types, weights, torch.float64, label_smoothing=1e-3)
+    ref32 = run_trl(p, types, weights, torch.float32, label_smoothing=1e-3)
+    loss, _, grad_hidden, grad_weight = run_ours(p, impl, loss_type=types, loss_weights=weights,
+                                                 label_smoothing=1e-3)
+    scale = (BETA * p.ref_logps.abs().max().item() + truth[0].abs().item()) ** 2
+    within_twice(loss, ref32[0], truth[0], "loss", scale)
+    within_twice(grad_hidden, ref32[1], truth[1], "grad_hidden")
+    within_twice(grad_weight, ref32[2], truth[2], "grad_weight")
+
+
 def test_mix_is_the_weighted_sum_of_single_types():
     p = pairs()
     types = ["hinge", "nca_pair", "apo_down"]
