@@ -85,7 +85,7 @@ def test_tiny_run_learns_and_exports(pairs, tmp_path):
     start = load_config(TINY, overrides(pairs, out))
     from tpo_fast.train.setup import load_tokenizer_and_model
 
-    _, initial, _ = load_tokenizer_and_model(start, None, for_training=False)
+    _, initial, _ = load_tokenizer_and_model(start, None, role="score")
     name = "lm_head.weight"
     assert not torch.equal(initial.state_dict()[name], exported[name])
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-_QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+from tpo_fast.models.stock import stock_inputs
+
 _END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>")
 
 
@@ -76,15 +77,10 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], videos: list[dict
     width = max(map(len, prompts))
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    kwargs = {k: v.to(model.device) for k, v in merged.items()}
-    if "pixel_values_videos" in kwargs:
-        kwargs["pixel_values_videos"] = kwargs["pixel_values_videos"].to(model.dtype)
-    if model.config.model_type in _QWEN:  # Qwen-VL in transformers 5 reads token types
-        kwargs["mm_token_type_ids"] = ((input_ids == model.config.video_token_id).long() * 2
-                                       ).to(model.device)
+    kwargs = stock_inputs(model, input_ids, merged)
     if not do_sample:
         sampling = {"do_sample": False, "temperature": None, "top_p": None}
-    out = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
+    out = model.generate(attention_mask=mask.to(model.device),
                          max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=stops,
                          **sampling, **kwargs)
     return [_decode(tokenizer, row[width:].tolist(), stops) for row in out]

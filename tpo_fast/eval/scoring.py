@@ -77,20 +77,10 @@ def option_logps(preference_model, prompts: list[list[int]], options: list[list[
 def stock_option_logps(model, prompt: list[int], options: list[list[int]],
                        video: dict) -> torch.Tensor:
     """The reference: each option through a standard HF forward + log_softmax -> [K] float32."""
-    from tpo_fast.models import adapter_for
+    from tpo_fast.models.stock import stock_response_logps
 
-    video_token = adapter_for(model).video_token_id
-    device = next(model.parameters()).device
-    scores = []
-    for response in options:
-        ids = torch.tensor([prompt + response], device=device)
-        kwargs = {k: v.to(device) for k, v in video.items() if torch.is_tensor(v)}
-        if "video_grid_thw" in video:  # Qwen-VL: M-RoPE reads the token types
-            kwargs["mm_token_type_ids"] = (ids == video_token).long() * 2
-        logits = model(input_ids=ids, **kwargs).logits[0].float()
-        logps = logits[len(prompt) - 1:-1].log_softmax(-1)
-        scores.append(logps.gather(1, torch.tensor(response, device=device)[:, None]).sum())
-    return torch.stack(scores).cpu()
+    return torch.stack([stock_response_logps(model, prompt, response, video).sum()
+                        for response in options]).cpu()
 
 
 def choose(scores: torch.Tensor, lengths: list[int], length_normalize: bool) -> int:

@@ -29,6 +29,7 @@ import re
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from tpo_fast.models.longva import CHECKPOINT_MODEL_TYPES, LongVAConfig, LongVAForCausalLM
 
@@ -211,8 +212,44 @@ def _building(dtype: torch.dtype, device):
         torch.set_default_dtype(previous)
 
 
+def _shape(tensor: torch.Tensor) -> tuple:
+    """A tensor's full shape, also when ZeRO-3 has partitioned it away (``ds_shape``)."""
+    return tuple(getattr(tensor, "ds_shape", tensor.shape))
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+@contextlib.contextmanager
+def _partitioned(zero3_config: dict | None, dtype: torch.dtype):
+    """Without a config: nothing. With one: modules created inside are ZeRO-3 partitioned."""
+    if zero3_config is None:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.Init(config_dict_or_path=zero3_config, dtype=dtype):
+        yield
+
+
+@contextlib.contextmanager
+def _gathered(params: list, zero3_config: dict | None):
+    """ZeRO-3: gather one module's parameters, rank 0's writes scattered back on exit."""
+    if zero3_config is None or not params:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+        yield
+
+
 def load_longva(path, *, vision_config=None, dtype=None, device="cpu",
-                attn_implementation: str = "sdpa") -> LongVAForCausalLM:
+                attn_implementation: str = "sdpa",
+                zero3_config: dict | None = None) -> LongVAForCausalLM:
     """A LongVA checkpoint folder -> ``LongVAForCausalLM`` in eval mode.
 
     Args:
@@ -220,6 +257,9 @@ def load_longva(path, *, vision_config=None, dtype=None, device="cpu",
             tower is in ``KNOWN_VISION_TOWERS`` or a local folder.
         dtype: parameter dtype (torch.dtype or name); default: config.json's ``torch_dtype``.
         device: where the model is built and loaded.
+        zero3_config: a DeepSpeed ZeRO-3 config: the model is built under ``zero.Init`` (each
+            rank holds only its partition, never the whole model) and loaded module by module,
+            rank 0 reading the files and the others receiving their shards.
     Raises ``LongVACheckpointError`` naming missing, unexpected or mis-shaped tensors.
     """
     from safetensors import safe_open
@@ -242,7 +282,7 @@ def load_longva(path, *, vision_config=None, dtype=None, device="cpu",
     except ValueError as exc:
         raise LongVACheckpointError(f"{folder / CONFIG_NAME}: {exc}") from None
     dtype = _dtype(dtype) or _dtype(llava.get("torch_dtype")) or torch.float32
-    with _building(dtype, device):
+    with _building(dtype, device), _partitioned(zero3_config, dtype):
         model = LongVAForCausalLM(config, attn_implementation=attn_implementation)
 
     names = checkpoint_names(model)
@@ -253,19 +293,35 @@ def load_longva(path, *, vision_config=None, dtype=None, device="cpu",
         parts += [f"{len(unexpected)} unexpected: {_listing(unexpected)}"] if unexpected else []
         raise LongVACheckpointError(f"{folder} does not match a LongVA model of its config.json; "
                                     "tensors " + "; ".join(parts))
-    params = model.state_dict()
-    wrong = [f"{n}: {shapes[n]} in the checkpoint, {tuple(params[ours].shape)} in the model"
-             for n, ours in names.items() if shapes[n] != tuple(params[ours].shape)]
+    params = dict(model.named_parameters())
+    params.update(model.named_buffers())
+    wrong = [f"{n}: {shapes[n]} in the checkpoint, {_shape(params[ours])} in the model"
+             for n, ours in names.items() if shapes[n] != _shape(params[ours])]
     if wrong:
         raise LongVACheckpointError(f"{folder}: tensors of the wrong shape: {_listing(wrong)}")
-    by_file = {}
-    for name in names:
-        by_file.setdefault(files[name], []).append(name)
-    with torch.no_grad():
-        for file, file_names in by_file.items():
-            with safe_open(file, framework="pt") as f:
-                for name in file_names:
-                    params[names[name]].copy_(f.get_tensor(name))  # casts to the model's dtype
+    ours_to_file = {ours: (files[theirs], theirs) for theirs, ours in names.items()}
+    handles: dict[Path, object] = {}
+    reads = zero3_config is None or _rank() == 0  # ZeRO-3: rank 0 reads, the rest receive
+    try:
+        with torch.no_grad():
+            for prefix, module in model.named_modules():
+                prefix = f"{prefix}." if prefix else ""
+                local = [(f"{prefix}{n}", t) for n, t in [*module.named_parameters(recurse=False),
+                                                          *module.named_buffers(recurse=False)]]
+                local = [(n, t) for n, t in local if n in ours_to_file]
+                if not local:
+                    continue
+                with _gathered([t for _, t in local if isinstance(t, nn.Parameter)],
+                               zero3_config):
+                    for ours, tensor in local:
+                        if not reads and isinstance(tensor, nn.Parameter):
+                            continue  # (buffers are not partitioned: every rank loads them)
+                        file, theirs = ours_to_file[ours]
+                        if file not in handles:
+                            handles[file] = safe_open(file, framework="pt")
+                        tensor.copy_(handles[file].get_tensor(theirs))  # casts to its dtype
+    finally:
+        handles.clear()
     model.config.llava["torch_dtype"] = str(dtype).removeprefix("torch.")  # what it now holds
     return model.eval()
 

@@ -87,13 +87,17 @@ class PreferenceModel(nn.Module):
                 {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
                  for k, v in video.items()} for video in videos])
 
-    def hidden_states(self, batch: PackedBatch) -> torch.Tensor:
-        """[N, H]: the hidden state that predicts each scored token (``batch.logit_index``)."""
+    def hidden_states(self, batch: PackedBatch, features=None) -> torch.Tensor:
+        """[N, H]: the hidden state that predicts each scored token (``batch.logit_index``).
+
+        ``features``: the batch's ``encode_videos`` output when the caller already has it (e.g.
+        a LoRA reference pass and the policy pass over the same frozen tower and projector)."""
         if not batch.videos or len(batch.videos) != batch.n_pairs:
             raise ValueError(f"the batch needs one video per pair ({batch.n_pairs} pairs, "
                              f"{len(batch.videos or [])} videos)")
         device = self.device
-        features = self.encode_videos(batch.videos)
+        if features is None:
+            features = self.encode_videos(batch.videos)
         packed = PackedAttention.from_batch(batch, self.attention_backend, device)
         with packed_forward():
             hidden = self.adapter.decoder_hidden_states(
@@ -105,12 +109,12 @@ class PreferenceModel(nn.Module):
 
     forward = hidden_states
 
-    def policy_logps(self, batch: PackedBatch) -> torch.Tensor:
+    def policy_logps(self, batch: PackedBatch, features=None) -> torch.Tensor:
         """[n, 2] float32 summed log-probs of the chosen and rejected responses (token log-probs
         from ``tpo_fast.kernels.linear_logprobs``: fused Triton on CUDA, chunked elsewhere)."""
         from tpo_fast.kernels import linear_logprobs
 
-        hidden = self.hidden_states(batch)
+        hidden = self.hidden_states(batch, features)
         token_logps = linear_logprobs(hidden, self.lm_head_weight(),
                                       batch.target_ids.to(hidden.device))
         sums = torch.zeros(2 * batch.n_pairs, dtype=torch.float32, device=hidden.device)

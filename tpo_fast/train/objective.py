@@ -13,6 +13,8 @@ this module, so DeepSpeed gathers it for the forward and its gradient reaches th
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -40,32 +42,61 @@ class TPOObjective(nn.Module):
     metrics: per-pair ``chosen_rewards``, ``rejected_rewards``, ``margins``,
     ``reward_accuracy`` and ``policy_logps``; scalars ``dpo_loss``, ``nll_loss`` (unweighted
     by α), ``chosen_tokens``.
+
+    ``lora_reference``: the peft model whose adapters, disabled, make the policy its own
+    reference (``ref_logps`` is then computed here, in the same engine forward, sharing the
+    video features). ``replay``: a ``TowerReplay`` whose recorded tower outputs (from a separate
+    reference's pass over the same batch) the policy's video encoding replays.
     """
 
-    def __init__(self, policy, loss_cfg, path: str = "fast"):
+    def __init__(self, policy, loss_cfg, path: str = "fast", *, lora_reference=None,
+                 replay=None):
         super().__init__()
         if path not in ("fast", "slow"):
             raise ValueError(f"path must be 'fast' or 'slow', got {path!r}")
         self.policy = policy
         self.loss_cfg = loss_cfg
         self.path = path
+        self._lora_reference = [lora_reference]  # a list: not a submodule of this module
+        self.replay = replay
         _register_external(self, policy)
 
-    def _loss_kwargs(self, batch: PackedBatch, dpo_normalizer, sft_normalizer) -> dict:
+    def _loss_kwargs(self, batch: PackedBatch, dpo_normalizer, sft_normalizer,
+                     on_cuda: bool) -> dict:
         c = self.loss_cfg
         return dict(beta=c.beta, sft_weight=c.sft_weight, dpo_weight=c.dpo_weight,
                     loss_type=c.loss_type,
                     label_smoothing=c.label_smoothing, num_pairs=batch.n_pairs,
-                    dpo_normalizer=dpo_normalizer, sft_normalizer=sft_normalizer)
+                    dpo_normalizer=dpo_normalizer, sft_normalizer=sft_normalizer,
+                    # the packer validated the batch on the CPU; value checks on a CUDA
+                    # tensor would be host syncs in every micro-step
+                    check_inputs=not on_cuda)
+
+    @contextlib.contextmanager
+    def _as_reference(self):
+        with torch.no_grad(), self._lora_reference[0].disable_adapter():
+            yield
 
     def forward(self, batch: PackedBatch, ref_logps: torch.Tensor | None,
                 dpo_normalizer: float, sft_normalizer: float):
-        kwargs = self._loss_kwargs(batch, dpo_normalizer, sft_normalizer)
+        lora_reference = self._lora_reference[0] is not None
         if self.path == "slow":
+            if lora_reference:
+                with self._as_reference():
+                    token_logps, seq_id = unpacked_token_logps(self.policy, batch)
+                    ref_logps = token_logps.new_zeros(2 * batch.n_pairs).index_add(
+                        0, seq_id, token_logps).view(-1, 2)
             token_logps, seq_id = unpacked_token_logps(self.policy, batch)
+            kwargs = self._loss_kwargs(batch, dpo_normalizer, sft_normalizer, token_logps.is_cuda)
             return dpo_sft_loss(token_logps, seq_id, ref_logps, **kwargs)
-        hidden = self.policy.hidden_states(batch)
+        with self.replay.replay() if self.replay is not None else contextlib.nullcontext():
+            features = self.policy.encode_videos(batch.videos)
+        if lora_reference:  # tower and projector are frozen: the same features serve both
+            with self._as_reference():
+                ref_logps = self.policy.policy_logps(batch, features)
+        hidden = self.policy.hidden_states(batch, features)
         device = hidden.device
+        kwargs = self._loss_kwargs(batch, dpo_normalizer, sft_normalizer, hidden.is_cuda)
         return preference_loss(hidden, self.policy.lm_head_weight(),
                                batch.target_ids.to(device), batch.seq_id.to(device),
                                None if ref_logps is None else ref_logps.to(device), **kwargs)
@@ -74,29 +105,19 @@ class TPOObjective(nn.Module):
 def unpacked_token_logps(policy, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """The slow path: fp32 token log-probs of every response token (chosen then rejected, pair
     by pair) from two unpacked rows per pair through the stock forward, and their seq ids."""
-    model, adapter = policy.model, policy.adapter
-    device = policy.device
+    from tpo_fast.models.stock import stock_response_logps
+
     ids = batch.input_ids.tolist()
     offsets = batch.pair_offsets.tolist()
-    lens = _segment_lengths(batch)
     out, seq = [], []
-    for i, video in enumerate(batch.videos):
+    for i, (video, (p, c, r)) in enumerate(zip(batch.videos, _segment_lengths(batch))):
         start = offsets[i]
-        p, c, r = lens[i]
         prompt = ids[start:start + p]
         responses = (ids[start + p:start + p + c], ids[start + p + c:start + p + c + r])
-        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in video.items()
-                  if k != "frame_timestamps"}
         for k, response in enumerate(responses):
-            row = torch.tensor([prompt + response], device=device)
-            extra = {}
-            if "video_grid_thw" in inputs:  # Qwen-VL: M-RoPE needs the token types
-                extra["mm_token_type_ids"] = (row == adapter.video_token_id).long() * 2
-            logits = model(input_ids=row, **inputs, **extra).logits[0].float()
-            logps = logits[p - 1:-1].log_softmax(-1)
-            out.append(logps.gather(1, torch.tensor(response, device=device)[:, None])[:, 0])
+            out.append(stock_response_logps(policy.model, prompt, response, video))
             seq.append(torch.full((len(response),), 2 * i + k, dtype=torch.long))
-    return torch.cat(out), torch.cat(seq).to(device)
+    return torch.cat(out), torch.cat(seq).to(out[0].device)
 
 
 def _segment_lengths(batch: PackedBatch) -> list[tuple[int, int, int]]:
@@ -108,17 +129,21 @@ def _segment_lengths(batch: PackedBatch) -> list[tuple[int, int, int]]:
 
 
 class ReferenceScorer(nn.Module):
-    """A frozen copy of the starting policy: ``forward(batch) -> [n, 2]`` summed log-probs."""
+    """A separate frozen copy of the starting policy: ``forward(batch) -> [n, 2]`` summed
+    log-probs; with ``replay``, its vision tower's outputs are recorded for the policy."""
 
-    def __init__(self, policy):
+    def __init__(self, policy, replay=None):
         super().__init__()
         self.policy = policy
         self.policy.requires_grad_(False)
+        self.replay = replay
         _register_external(self, policy)
 
     @torch.no_grad()
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        return self.policy.policy_logps(batch)
+        with self.replay.record() if self.replay is not None else contextlib.nullcontext():
+            features = self.policy.encode_videos(batch.videos)
+        return self.policy.policy_logps(batch, features)
 
 
 __all__ = ["ReferenceScorer", "TPOObjective", "unpacked_token_logps"]

@@ -22,32 +22,54 @@ def output_path(pairs: Path, out: str | None) -> Path:
     return pairs if pairs.suffix == ".jsonl" else pairs.with_suffix(".jsonl")
 
 
+def _process_group() -> tuple[int, int, torch.device | None]:
+    """(rank, world, device): under a launcher (torchrun / deepspeed) join its group and use
+    this rank's GPU; a plain run is one process and needs no group."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    from tpo_fast.train.setup import init_distributed
+
+    return init_distributed()
+
+
 @torch.no_grad()
 def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | None = None,
                       progress: bool = True) -> Path:
-    """Score every valid pair with the configured (starting) model; returns the written file."""
+    """Score every valid pair with the configured (starting) model; returns the written file.
+
+    Under a launcher each of the N ranks loads the model whole (no ZeRO: scoring keeps no
+    optimizer state, and a 7B model fits one GPU), scores its shard of the packing plan's
+    micro-batches, and rank 0 writes the one merged file."""
+    import torch.distributed as dist
+
     from tpo_fast.data.dataset import TPODataset
     from tpo_fast.data.pairs import read_pairs, write_pairs_atomic
     from tpo_fast.models import PreferenceModel
     from tpo_fast.packing import plan_bins
     from tpo_fast.train.setup import load_tokenizer_and_model
 
+    rank, world, rank_device = _process_group()
     source = Path(cfg.data.train)
     records, skipped = read_pairs(source, cfg.data.video_root, cfg.data.skip_invalid)
-    tokenizer, model, _ = load_tokenizer_and_model(cfg, ds_config=None, for_training=False)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tokenizer, model, _ = load_tokenizer_and_model(cfg, ds_config=None, role="score")
+    device = torch.device(device) if device else rank_device or torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
     policy = PreferenceModel(model.to(device).eval(),
                              attention_backend=cfg.model.attention_backend)
     dataset = TPODataset(records, policy, tokenizer, cfg.data)
     p, c, r = dataset.lengths()
-    plan = plan_bins(p, c, r, cfg.data.token_budget, 1, cfg.run.seed,
+    plan = plan_bins(p, c, r, cfg.data.token_budget, world, cfg.run.seed,
                      drop_overlong=cfg.data.drop_overlong)
+    mine = [b for b in range(rank, plan.num_bins, world) if not plan.bin_padding[b]]
     scores: dict[int, list[float]] = {}
-    bins = range(plan.num_bins)
-    if progress:
+    bins = mine
+    if progress and rank == 0:
         from tqdm.auto import tqdm
 
-        bins = tqdm(bins, desc="ref log-probs", unit="batch", dynamic_ncols=True)
+        bins = tqdm(mine, desc="ref log-probs" + (f" (rank 0 of {world})" if world > 1 else ""),
+                    unit="batch", dynamic_ncols=True)
     try:
         for b in bins:
             ids = plan.bin(b)
@@ -56,6 +78,26 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
                 scores[int(pair)] = [float(logps[i, 0]), float(logps[i, 1])]
     finally:
         dataset.close()
+    if world > 1:
+        shards = [None] * world
+        dist.all_gather_object(shards, scores)
+        scores = {k: v for shard in shards for k, v in shard.items()}
+    target = output_path(source, out)
+    if rank == 0:
+        _write(dataset, scores, target, write_pairs_atomic)
+        left_out = len(skipped) + len(dataset.skipped)
+        print(f"tpo-fast ref-logps: scored {len(scores)} of {len(dataset.records)} pairs "
+              f"-> {target}"
+              + (f" on {world} ranks" if world > 1 else "")
+              + (f"; {left_out} invalid pair(s) left out of the file" if left_out else "")
+              + (f"; {len(plan.dropped)} over-long pair(s) kept without ref_logps"
+                 if len(plan.dropped) else ""), file=sys.stderr)
+    if world > 1:
+        dist.barrier()
+    return target
+
+
+def _write(dataset, scores: dict, target: Path, write_pairs_atomic) -> None:
     objects = []
     for i, record in enumerate(dataset.records):
         obj = dict(record.raw)
@@ -64,11 +106,4 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
         else:  # over the token budget: left without (train drops it as well)
             obj.pop("ref_logps", None)
         objects.append(obj)
-    target = output_path(source, out)
     write_pairs_atomic(target, objects)
-    left_out = len(skipped) + len(dataset.skipped)
-    print(f"tpo-fast ref-logps: scored {len(scores)} of {len(dataset.records)} pairs -> {target}"
-          + (f"; {left_out} invalid pair(s) left out of the file" if left_out else "")
-          + (f"; {len(plan.dropped)} over-long pair(s) kept without ref_logps"
-             if len(plan.dropped) else ""), file=sys.stderr)
-    return target

@@ -60,13 +60,27 @@ def deepspeed_config(cfg: TrainConfig, world: int, accumulation: int) -> dict:
     }
 
 
-def load_tokenizer_and_model(cfg: TrainConfig, ds_config: dict | None, for_training: bool = True):
-    """(tokenizer, HF model, keep-alive). Under ZeRO-3 a model from ``model.path`` is built
-    partitioned (``HfDeepSpeedConfig`` must stay alive while the model lives: it is returned).
-    ``for_training=False`` (scoring): no ZeRO-3 build, gradient checkpointing or LoRA."""
+ROLES = ("policy", "reference", "score")
+
+
+def load_tokenizer_and_model(cfg: TrainConfig, ds_config: dict | None, role: str = "policy"):
+    """(tokenizer, model, keep-alive) for one of three roles:
+
+    * ``policy`` — trains: ZeRO-3 builds a ``model.path`` model partitioned
+      (``HfDeepSpeedConfig`` → ``zero.Init``; the config object is returned and must stay alive
+      while the model lives), then gradient checkpointing and LoRA as configured;
+    * ``reference`` — the frozen starting policy beside it: the same build, without gradient
+      checkpointing or LoRA, in eval mode;
+    * ``score`` — one model per process for no-grad scoring (``ref-logps``): never partitioned.
+
+    The LoRA adapters go on the language model only (``target_modules`` inside the vision tower
+    and the projector are excluded: the tower is frozen, and a LoRA reference needs them
+    untouched)."""
     from transformers import AutoModelForImageTextToText, AutoTokenizer
     from transformers.integrations import HfDeepSpeedConfig
 
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     dtype = DTYPES[cfg.model.dtype]
     keep_alive = None
     if cfg.model.tiny:
@@ -81,26 +95,49 @@ def load_tokenizer_and_model(cfg: TrainConfig, ds_config: dict | None, for_train
         if not os.path.isdir(cfg.model.path):
             raise FileNotFoundError(f"model.path {cfg.model.path} is not a folder (models are "
                                     "loaded from local Hugging Face folders)")
-        if for_training and cfg.deepspeed.zero_stage == 3:
+        if role != "score" and cfg.deepspeed.zero_stage == 3:
+            if ds_config is None:
+                raise ValueError("a ZeRO-3 build needs the DeepSpeed config")
             keep_alive = HfDeepSpeedConfig(ds_config)
         from tpo_fast.models import is_longva_checkpoint, load_longva
 
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         if is_longva_checkpoint(cfg.model.path):  # LLaVA-NeXT layout: not a transformers class
-            model = load_longva(cfg.model.path, dtype=dtype)
+            model = load_longva(cfg.model.path, dtype=dtype,
+                                zero3_config=ds_config if keep_alive is not None else None)
         else:
             model = AutoModelForImageTextToText.from_pretrained(cfg.model.path, dtype=dtype)
-    if not for_training:
+    if role != "policy":
         return tokenizer, model.eval(), keep_alive
     model.train()
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.model.lora.r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        lora = cfg.model.lora
-        model = get_peft_model(model, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+        # LoRA's A factors are random: seed them here, so every rank (and a run with another
+        # ZeRO stage, whose model build drew other random numbers before) gets the same ones
+        torch.manual_seed(cfg.run.seed)
+        model = _with_lora(model, cfg.model.lora)
     return tokenizer, model, keep_alive
+
+
+def _with_lora(model, lora):
+    from peft import LoraConfig, get_peft_model
+
+    from tpo_fast.models import adapter_for
+
+    adapter = adapter_for(model)
+    visual = {id(m) for m in adapter.vision_tower().modules()}
+    projector = {id(p) for p in adapter.projector_parameters()}
+    targets = tuple(lora.target_modules)
+
+    def frozen_part(module) -> bool:
+        params = list(module.parameters())
+        return id(module) in visual or bool(params) and all(id(p) in projector for p in params)
+
+    excluded = [name for name, module in model.named_modules()
+                if name.rsplit(".", 1)[-1] in targets and frozen_part(module)]
+    return get_peft_model(model, LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.target_modules, exclude_modules=excluded or None,
+        task_type="CAUSAL_LM"))
