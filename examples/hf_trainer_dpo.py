@@ -29,9 +29,9 @@ import argparse
 from collections import defaultdict
 
 import torch
+from tpo_fast.kernels import preference_loss
 from transformers import Trainer, TrainingArguments
 
-from tpo_fast.kernels import preference_loss
 from tpo_fast.models import PreferenceModel
 from tpo_fast.packing import PackedBatch
 

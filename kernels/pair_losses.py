@@ -157,7 +157,8 @@ def pair_losses(loss_type: str, chosen: torch.Tensor, rejected: torch.Tensor,
         rc, rr = beta * chosen, beta * rejected
         return -F.logsigmoid(rc) - 0.5 * F.logsigmoid(-rc) - 0.5 * F.logsigmoid(-rr)
     if loss_type == "bco_pair":
-        return -F.logsigmoid(beta * chosen - bco_delta) - F.logsigmoid(-(beta * rejected - bco_delta))
+        rc, rr = beta * chosen - bco_delta, beta * rejected - bco_delta
+        return -F.logsigmoid(rc) - F.logsigmoid(-rr)
     if loss_type == "sppo_hard":
         return (chosen - 0.5 / beta) ** 2 + (rejected + 0.5 / beta) ** 2
     if loss_type == "apo_zero":

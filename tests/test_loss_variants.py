@@ -22,8 +22,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tpo_fast.kernels import (LOSS_TYPES, NEEDS_REFERENCE, RunningRewardMean, dpo_sft_loss,
-                              naive_linear_logprobs, pair_losses, preference_loss)
+from tpo_fast.kernels import (
+    LOSS_TYPES,
+    NEEDS_REFERENCE,
+    RunningRewardMean,
+    dpo_sft_loss,
+    naive_linear_logprobs,
+    pair_losses,
+    preference_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("nan_empty")
 
@@ -201,12 +208,12 @@ def close(got, want, what):
     assert err <= tol, f"{what}: |ours - Liger| = {err:.3e} > {tol:.1e}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pairs():
     return Pairs()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ours(case, impl):
     loss_type, eps = case_args(case)
     return run_ours(pairs(), impl, loss_type=loss_type, label_smoothing=eps)
@@ -279,7 +286,8 @@ def test_weighted_mix_matches_trl(impl):
     within_twice(grad_hidden, ref32[1], truth[1], "grad_hidden")
     within_twice(grad_weight, ref32[2], truth[2], "grad_weight")
     # rewards of a mix are the summed log-ratios' (IPO's averaging is its own term's)
-    torch.testing.assert_close(metrics["chosen_rewards"], ours("sigmoid", impl)[1]["chosen_rewards"])
+    summed = ours("sigmoid", impl)[1]["chosen_rewards"]
+    torch.testing.assert_close(metrics["chosen_rewards"], summed)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
