@@ -13,7 +13,7 @@ against TRL 1.10.0.dev of 2026-07; Liger-Kernel 0.8.5's ``LigerFusedLinearDPOLos
 ones except IPO):
 
 * ``sigmoid``   −(1 − ε)·log σ(βh) − ε·log σ(−βh)  (DPO; with ε > 0 the conservative cDPO form,
-  TRL < 1.0's ``sigmoid``; TRL ≥ 1.0 and Liger ignore ε for ``sigmoid``)
+  TRL < 0.29's ``sigmoid``; TRL ≥ 0.29 and Liger ignore ε for ``sigmoid``)
 * ``ipo``       (h̄ − 1/(2β))², h̄ = c/|y_c| − r/|y_r| (length-averaged, as TRL)
 * ``hinge``     max(0, 1 − βh)
 * ``robust``    (−(1 − ε)·log σ(βh) + ε·log σ(−βh)) / (1 − 2ε)
@@ -23,18 +23,20 @@ ones except IPO):
 * ``sppo_hard`` (c − 1/(2β))² + (r + 1/(2β))²
 * ``apo_zero``  1 − σ(βc) + σ(βr)
 * ``apo_down``  σ(βc) + 1 − σ(βh)
-* ``discopop``  −log σ(βh)·(1 − σ(βh/τ)) + exp(−βh)·σ(βh/τ)
+* ``discopop``  −log σ(βh)·(1 − σ(βh/τ)) + exp(−βh)·σ(βh/τ) (the last product taken as
+  exp(log σ(βh/τ) − βh): equal where TRL's is finite, finite where TRL's is inf · 0)
 
 ``NEEDS_REFERENCE``: the types whose loss depends on c and r separately, not only on h
 (nca_pair, bco_pair, sppo_hard, apo_zero, apo_down). They are anchored to the reference, so
-they refuse ``ref_logps=None``; pass zeros explicitly for Liger's ``use_ref_model=False``.
+they refuse ``ref_logps=None`` (unless ``dpo_weight=0``); pass zeros explicitly for Liger's
+``use_ref_model=False``.
 
-BCO's reward shift δ: the BCO paper and TRL < 1.0 use a running mean of the rewards
-(``RunningMoments`` over the per-batch mean reward); TRL ≥ 1.0 and Liger use δ = 0. Ours:
+BCO's reward shift δ: the BCO paper and TRL < 0.29 use a running mean of the rewards
+(``RunningMoments`` over the per-batch mean reward); TRL ≥ 0.29 and Liger use δ = 0. Ours:
 ``bco_delta=None`` (default) is δ = 0; a float or 0-dim tensor is δ as given; a
-``RunningRewardMean`` is TRL < 1.0's running mean — each call first adds this call's mean
+``RunningRewardMean`` is TRL < 0.29's running mean — each call first adds this call's mean
 reward β·mean(c, r over its pairs) to the state, then uses the updated mean. The state is per
-process (TRL < 1.0 averaged the per-rank means over data-parallel ranks first).
+process (TRL < 0.29 averaged the per-rank means over data-parallel ranks first).
 
 A weighted mix (TRL's ``loss_type=[...]``, ``loss_weights=[...]``) is Σ_k w_k · loss_k.
 """
@@ -54,7 +56,7 @@ USES_LABEL_SMOOTHING = frozenset({"sigmoid", "robust", "exo_pair"})
 
 
 class RunningRewardMean:
-    """BCO's reward shift δ as TRL < 1.0 kept it: the running mean of per-call mean rewards
+    """BCO's reward shift δ as TRL < 0.29 kept it: the running mean of per-call mean rewards
     (each call counts once). Pass it as ``bco_delta``; save ``state_dict()`` with a checkpoint
     to resume the same δ."""
 

@@ -23,7 +23,7 @@ DPO_i is a per-pair loss over the log-ratios c_i = π_c − π_ref,c and r_i = �
 bco_pair, sppo_hard, apo_zero, apo_down, discopop — TRL's formulas, written out in
 ``pair_losses.py``) or a list of them, mixed as Σ_k w_k · loss_k with ``loss_weights`` (TRL's
 ``loss_type=[...]``, ``loss_weights=[...]``). Notes: ``sigmoid`` with ``label_smoothing`` ε is
-the conservative cDPO form (TRL < 1.0's; TRL ≥ 1.0 and Liger ignore ε there); ``robust``
+the conservative cDPO form (TRL < 0.29's; TRL ≥ 0.29 and Liger ignore ε there); ``robust``
 divides by 1 − 2ε; ``exo_pair`` needs ε > 0; ``ipo`` length-averages c and r (``ref_logps``
 are always given as sums); the anchored types (``NEEDS_REFERENCE``) need ``ref_logps``;
 ``bco_pair``'s reward shift is ``bco_delta`` (0, a value, or a ``RunningRewardMean``).

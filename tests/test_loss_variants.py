@@ -7,7 +7,7 @@
   ``ref_input`` / ``ref_weight``, summed log-probs (``average_log_prob=False``), its NLL term
   (chosen-token mean, ``alpha``), and its rewards as the metrics' oracle.
 * TRL's published formulas (``trl/trainer/dpo_trainer.py``: TRL 1.10.0.dev's per-sequence
-  losses; TRL < 1.0's cDPO ``sigmoid`` with label smoothing and ``RunningMoments`` mean for
+  losses; TRL < 0.29's cDPO ``sigmoid`` with label smoothing and ``RunningMoments`` mean for
   ``bco_pair``), transcribed below in plain torch over full [2n, T, V] logits — independent of
   our chunking and packing — in float64 (ground truth) and float32; our float32 error must be at
   most twice the transcription's own float32 error (STYLE.md, 3).
@@ -99,7 +99,7 @@ def run_ours(p, impl, hidden=None, weight=None, **kwargs):
 # ---- TRL's formulas, transcribed over full logits --------------------------------------------
 
 class TRLRunningMoments:
-    """The mean part of TRL < 1.0's ``RunningMoments.update`` on one scalar (single process)."""
+    """The mean part of TRL < 0.29's ``RunningMoments.update`` on one scalar (single process)."""
 
     def __init__(self):
         self.mean, self.count = 0.0, 1e-24
@@ -119,7 +119,7 @@ def trl_losses(loss_type, chosen_logps, rejected_logps, ref_chosen, ref_rejected
     rejected_scores = rejected_logps - ref_rejected
     delta_score = chosen_scores - rejected_scores
     eps = label_smoothing
-    if loss_type == "sigmoid":  # TRL < 1.0: conservative DPO with label smoothing
+    if loss_type == "sigmoid":  # TRL < 0.29: conservative DPO with label smoothing
         return (-F.logsigmoid(beta * delta_score) * (1 - eps)
                 - F.logsigmoid(-beta * delta_score) * eps)
     if loss_type == "hinge":
@@ -139,7 +139,7 @@ def trl_losses(loss_type, chosen_logps, rejected_logps, ref_chosen, ref_rejected
         clean = -(1 - eps) * F.logsigmoid(beta * delta_score)
         flipped = -eps * F.logsigmoid(-beta * delta_score)
         return (clean - flipped) / (1 - 2 * eps)
-    if loss_type == "bco_pair":  # TRL < 1.0: the running mean δ; TRL >= 1.0: δ = 0
+    if loss_type == "bco_pair":  # TRL < 0.29: the running mean δ; TRL >= 0.29: δ = 0
         cr, rr = beta * chosen_scores, beta * rejected_scores
         return -F.logsigmoid(cr - bco_mean) - F.logsigmoid(-(rr - bco_mean))
     if loss_type == "sppo_hard":
@@ -321,8 +321,8 @@ def test_mix_is_the_weighted_sum_of_single_types():
     torch.testing.assert_close(ones[0], sum(s[0] for s in single), rtol=1e-5, atol=1e-6)
 
 
-def test_bco_running_mean_matches_trl_before_1_0(impl="chunked"):
-    """Three calls with one RunningRewardMean give TRL < 1.0's running δ and losses; a fixed
+def test_bco_running_mean_matches_trl_before_0_29(impl="chunked"):
+    """Three calls with one RunningRewardMean give TRL < 0.29's running δ and losses; a fixed
     δ is used as given. (δ is torch on top of the token log-probs: the Triton path's bco_pair
     gradients are checked above.)"""
     batches = [Pairs(n=3, seed=s) for s in (1, 2, 3)]
