@@ -112,3 +112,47 @@ def test_block_mask_for_a_long_batch_allocates_little():
     assert got["tiles"] == [256, 480]
     assert got["rss_growth"] < 256 * 2 ** 20, got
     assert got["numpy_peak"] < 256 * 2 ** 20, got
+
+
+@pytest.mark.parametrize("p, c, r", CASES)
+def test_query_side_equals_what_from_kv_blocks_derives(p, c, r):
+    """The transposed (query-tile) lists we build on the host, which the backward pass reads,
+    equal the ones BlockMask.from_kv_blocks derives from the key-tile lists."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    ix = build_indices(p, c, r)
+    bm = packed_block_mask(ix.host_cu_seqlens_q, ix.host_cu_seqlens_k, "cpu", block=16)
+    assert type(bm) is BlockMask
+    ref = BlockMask.from_kv_blocks(bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks,
+                                   bm.full_kv_indices, BLOCK_SIZE=16, mask_mod=bm.mask_mod,
+                                   seq_lengths=bm.seq_lengths)
+    for num, idx in (("q_num_blocks", "q_indices"), ("full_q_num_blocks", "full_q_indices")):
+        a_num, b_num = getattr(bm, num), getattr(ref, num)
+        torch.testing.assert_close(a_num, b_num)
+        a_idx, b_idx = getattr(bm, idx), getattr(ref, idx)
+        for row in range(a_num.shape[-1]):
+            k = int(a_num[0, 0, row])
+            assert a_idx[0, 0, row, :k].tolist() == b_idx[0, 0, row, :k].tolist()
+
+
+@pytest.mark.gpu
+def test_flex_backward_with_the_block_mask_equals_sdpa():
+    """Gradients through FlexAttention (eager; CPU has no flex backward) with our block mask,
+    float32, equal the dense path's."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    ix = build_indices([40, 7], [9, 30], [17, 1])
+    packed = PackedAttention.from_batch(ix, backend="sdpa", device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(1)
+    make = lambda: torch.randn(ix.num_tokens, 2, 8, generator=g, device="cuda",  # noqa: E731
+                               requires_grad=True)
+    q, k, v = make(), make(), make()
+    up = torch.randn(ix.num_tokens, 2, 8, generator=g, device="cuda")
+    expected = torch.autograd.grad(packed.attend(q, k, v), (q, k, v), up)
+    kv = ix.kv_index.cuda()
+    bm = packed_block_mask(ix.host_cu_seqlens_q, ix.host_cu_seqlens_k, "cuda", block=16)
+    out = flex_attention(q.transpose(0, 1)[None], k[kv].transpose(0, 1)[None],
+                         v[kv].transpose(0, 1)[None], block_mask=bm)
+    got = torch.autograd.grad(out[0].transpose(0, 1), (q, k, v), up)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

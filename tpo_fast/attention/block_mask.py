@@ -10,7 +10,8 @@ columns ``[m0, m1]``: some pair is allowed iff ``m0 <= off + i1``, all are iff `
 (``off = Lk - Lq``). A tile is *full* when one segment covers all of it and every pair is
 allowed, *partial* when some pair is allowed, and skipped otherwise.
 
-Everything here is computed on the host from Python ints (no device reads): per segment a grid
+Everything here is computed on the host from Python ints (no device reads), both the key-tile
+lists and their transpose (the query-tile lists the backward reads): per segment a grid
 of (query tile × key tile) comparisons, i.e. O(Σ_s tiles_q(s) · tiles_k(s)) work and memory, and
 O(T + Σk) for the per-token arrays the mask function reads on partial tiles.
 """
@@ -103,9 +104,20 @@ def packed_block_mask(cu_q: Sequence[int], cu_k: Sequence[int], device, *,
     def packed_mask(b, h, q_idx, kv_idx):
         return (seg_q[q_idx] == seg_k[kv_idx]) & (pos_k[kv_idx] <= last_q[q_idx])
 
-    (kv_num, kv_idx), (full_num, full_idx) = _ordered(partial), _ordered(full)
-    return BlockMask.from_kv_blocks(
-        put(kv_num)[None, None], put(kv_idx)[None, None],
-        put(full_num)[None, None], put(full_idx)[None, None],
-        BLOCK_SIZE=block, mask_mod=packed_mask, seq_lengths=(int(cu_q[-1]), int(cu_k[-1])),
-    )
+    # Both orientations from the host matrices (what from_kv_blocks would derive on the device
+    # with a dense [tiles_q, tiles_k] transpose per call), so the device only receives copies.
+    arrays = {}
+    for name, classes in (("kv", partial), ("full_kv", full), ("q", partial.T),
+                          ("full_q", full.T)):
+        num, idx = _ordered(classes)
+        arrays[f"{name}_num_blocks"] = put(num)[None, None]
+        arrays[f"{name}_indices"] = put(idx)[None, None]
+    seq_lengths = (int(cu_q[-1]), int(cu_k[-1]))
+    try:
+        return BlockMask(seq_lengths=seq_lengths, **arrays, BLOCK_SIZE=(block, block),
+                         mask_mod=packed_mask)
+    except TypeError:  # a PyTorch whose BlockMask takes other constructor arguments
+        return BlockMask.from_kv_blocks(
+            arrays["kv_num_blocks"], arrays["kv_indices"], arrays["full_kv_num_blocks"],
+            arrays["full_kv_indices"], BLOCK_SIZE=block, mask_mod=packed_mask,
+            seq_lengths=seq_lengths)
