@@ -8,8 +8,8 @@ and packed with the family's position ids (``PreferenceModel.pack``).
 Decoding follows ``data.video_backend`` / ``data.decode_device`` / ``data.video_threads``
 (``DecodeSettings``): on a CUDA machine by default DALI decodes on the model's own GPU and the
 frames are preprocessed there; CPU-decoded frames travel as pinned uint8 and are normalised on
-the device. On CUDA the packed batch's index tensors are pinned too (in the building thread),
-so ``batch.to(device, non_blocking=True)`` does not block.
+the device. With the model on CUDA the packed batch's CPU tensors are pinned too (in the
+building thread), so ``batch.to(device, non_blocking=True)`` does not block.
 
 A pair that cannot be used (empty response, over-long tokenization, unreadable video) is an
 error naming its file and line, or, with ``data.skip_invalid=true``, a counted skip.
@@ -62,6 +62,7 @@ class TPODataset:
         self.decode = DecodeSettings.build(
             getattr(data_cfg, "video_backend", "auto"), getattr(data_cfg, "decode_device", "auto"),
             getattr(data_cfg, "video_threads", 2), model_device=policy.device)
+        self._pin = torch.device(policy.device).type == "cuda"  # batches go to a GPU
         self.skipped: list[str] = []
         self._shape_videos: dict[tuple, dict] = {}
         self.records, self.tokens, prompt_lens = [], [], []
@@ -165,7 +166,7 @@ class TPODataset:
         batch = self.policy.pack(prompts, [self.tokens[i].chosen for i in pair_ids],
                                  [self.tokens[i].rejected for i in pair_ids], videos,
                                  ref_logps=ref, pair_ids=pair_ids, is_padding=is_padding)
-        return batch.pin_memory() if self.decode.on_cuda else batch
+        return batch.pin_memory() if self._pin else batch
 
     def describe(self, i: int) -> str:
         record = self.records[int(i)]
