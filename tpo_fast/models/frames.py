@@ -65,7 +65,7 @@ class TimestampedFramesAdapter(GenericVideoAdapter):
 
 
 class Qwen3StyleAdapter(TimestampedFramesAdapter):
-    model_types = ("qwen3_vl_moe", "cosmos3_edge")
+    model_types = ("qwen3_vl_moe", "cosmos3_edge", "cohere_compass")
 
 
 class Glm4vStyleAdapter(TimestampedFramesAdapter):

@@ -69,6 +69,9 @@ class GenericVideoAdapter(VideoLLMAdapter):
     plus any ``get_rope_index`` inputs (``second_per_grid_ts``, ...).
     """
 
+    feature_fn = "get_video_features"  # the base model's vision tower + projector call
+    modality = "video"  # the mm_encoder_outputs key (and placeholder mask) features go to
+
     def __init__(self, model: nn.Module):
         super().__init__(model)
         self._check_fits()
@@ -81,14 +84,14 @@ class GenericVideoAdapter(VideoLLMAdapter):
         if base is None or not isinstance(base, nn.Module):
             raise UnsupportedModelError(f"{name} has no base model (``.model``); expected a "
                                         "transformers <Family>ForConditionalGeneration")
-        if not callable(getattr(base, "get_video_features", None)):
+        if not callable(getattr(base, self.feature_fn, None)):
             raise UnsupportedModelError(
-                f"{name} ({self.model.config.model_type}) takes no video input: its base model "
-                f"{type(base).__name__} has no get_video_features")
+                f"{name} ({self.model.config.model_type}) takes no {self.modality} input: its "
+                f"base model {type(base).__name__} has no {self.feature_fn}")
         if "mm_encoder_outputs" not in inspect.signature(base.forward).parameters:
             raise UnsupportedModelError(
                 f"{type(base).__name__}.forward takes no mm_encoder_outputs, so precomputed "
-                "video features cannot be injected")
+                f"{self.modality} features cannot be injected")
         if not callable(getattr(base, "get_placeholder_mask", None)):
             raise UnsupportedModelError(f"{type(base).__name__} has no get_placeholder_mask")
         if self.model.get_output_embeddings() is None:
@@ -116,26 +119,40 @@ class GenericVideoAdapter(VideoLLMAdapter):
                                     f"of {list(_TOWER_NAMES)}")
 
     def _find_video_token(self) -> int:
-        """The token id the model's own ``get_placeholder_mask`` fills with video features."""
+        """The token id the model's own ``get_placeholder_mask`` fills with the features."""
         candidates = sorted(set(_token_ids(self.model.config).values()))
         embed = self.base.get_input_embeddings()
         if not candidates or embed is None:
             raise UnsupportedModelError(f"{type(self.model).__name__}'s config names no "
                                         "multimodal token ids")
-        ids = torch.tensor([candidates], device=embed.weight.device)
-        probe = torch.zeros(1, len(candidates), embed.embedding_dim, device=embed.weight.device)
-        with torch.no_grad():
-            masks = self.base.get_placeholder_mask(ids, inputs_embeds=probe)
-        mask = masks[1] if isinstance(masks, tuple) and len(masks) > 1 else None
-        if mask is None:
-            raise UnsupportedModelError(f"{type(self.base).__name__}.get_placeholder_mask gives "
-                                        "no video mask")
-        flagged = [t for t, m in zip(candidates, mask.reshape(len(candidates), -1)[:, 0].tolist())
-                   if m]
+        device, width = embed.weight.device, embed.embedding_dim
+        index = 1 if self.modality == "video" else 0
+        feature_arg = f"{self.modality}_features"
+        takes_features = feature_arg in inspect.signature(self.base.get_placeholder_mask).parameters
+        flagged = []
+        for token in candidates:
+            # one token: its mask is [[True]] iff the model fills it with this modality's
+            # features (one token of features then passes the model's own count check)
+            kwargs = {feature_arg: torch.zeros(1, 1, width, device=device)} if takes_features \
+                else {}
+            try:
+                with torch.no_grad():
+                    masks = self.base.get_placeholder_mask(
+                        torch.tensor([[token]], device=device),
+                        inputs_embeds=torch.zeros(1, 1, width, device=device), **kwargs)
+            except Exception:  # the count check: this token takes no such features
+                continue
+            mask = masks[index] if isinstance(masks, (tuple, list)) else (
+                masks if index == 0 else None)
+            if mask is None:
+                raise UnsupportedModelError(f"{type(self.base).__name__}.get_placeholder_mask "
+                                            f"gives no {self.modality} mask")
+            if bool(mask.reshape(-1)[0]):
+                flagged.append(token)
         if len(flagged) != 1:
             raise UnsupportedModelError(
                 f"{type(self.base).__name__}.get_placeholder_mask flags {len(flagged)} of the "
-                f"config's token ids {candidates} as video slots; expected exactly one")
+                f"config's token ids {candidates} as {self.modality} slots; expected exactly one")
         self._video_token = flagged[0]
         return flagged[0]
 
@@ -149,7 +166,7 @@ class GenericVideoAdapter(VideoLLMAdapter):
         """The inputs ``get_video_features`` cannot do without: its parameters without default
         that the config does not supply, and the grid (``*_grid_thw``: the features are split
         by it, though its signature defaults it to None)."""
-        return tuple(n for n, p in _parameters(self.base.get_video_features).items()
+        return tuple(n for n, p in _parameters(self._feature_call()).items()
                      if (p.default is inspect.Parameter.empty or n.endswith("grid_thw"))
                      and not hasattr(self.model.config, n))
 
@@ -178,20 +195,21 @@ class GenericVideoAdapter(VideoLLMAdapter):
         """``get_video_features`` keyword arguments for one video: its own entries, and config
         values for parameters named after config fields (``vision_feature_layer``, ...)."""
         kwargs = {}
-        for name in _parameters(self.base.get_video_features):
+        for name in _parameters(self._feature_call()):
             if name in video:
                 kwargs[name] = video[name]
             elif hasattr(self.model.config, name):
                 kwargs[name] = getattr(self.model.config, name)
         return kwargs
 
+    def _feature_call(self):
+        return getattr(self.base, self.feature_fn)
+
     def video_features(self, video: Video):
-        tower = self.vision_tower()
-        kwargs = self.feature_kwargs(video)
-        pixels = kwargs.get("pixel_values_videos")
-        if torch.is_tensor(pixels) and pixels.is_floating_point():
-            kwargs["pixel_values_videos"] = pixels.to(next(tower.parameters()).dtype)
-        return self.base.get_video_features(**kwargs, return_dict=True)
+        dtype = next(self.vision_tower().parameters()).dtype
+        kwargs = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+                  for k, v in self.feature_kwargs(video).items()}
+        return self._feature_call()(**kwargs, return_dict=True)
 
     def _batchable(self, videos: list[Video]) -> bool:
         """Videos whose tensors concatenate along dim 0 as the family's processor batches
@@ -233,6 +251,8 @@ class GenericVideoAdapter(VideoLLMAdapter):
         if _GRID_KEY in video:
             vision = self.model.config.vision_config
             merge = getattr(vision, "spatial_merge_size", None)
+            if "video_merge_sizes" in video:  # VideoLLaMA3: a merge size per video
+                merge = int(torch.as_tensor(video["video_merge_sizes"]).reshape(-1)[0])
             if merge is not None:
                 grid = self._grid(video)
                 return int(grid.prod(-1).sum()) // (merge * merge) // getattr(
@@ -267,9 +287,10 @@ class GenericVideoAdapter(VideoLLMAdapter):
 
     # ---- positions -------------------------------------------------------------------------
     def token_types(self, ids: list[int]) -> list[int]:
-        """``mm_token_type_ids`` of a row: 2 at video slots, 0 elsewhere (text)."""
-        video = self.video_token_id
-        return [2 if t == video else 0 for t in ids]
+        """``mm_token_type_ids`` of a row: 2 at video slots (1 where the video is read as
+        images), 0 elsewhere (text)."""
+        slot, kind = self.video_token_id, 2 if self.modality == "video" else 1
+        return [kind if t == slot else 0 for t in ids]
 
     def _filler_id(self) -> int:
         """A text token for rows' response positions (their ids do not change positions)."""
@@ -302,12 +323,20 @@ class GenericVideoAdapter(VideoLLMAdapter):
         return position_ids[:, None, :] if position_ids.dim() == 2 else position_ids[None]
 
     def decoder_hidden_states(self, input_ids, position_ids, video_features, **attention_kwargs):
+        """The stock base forward, the features injected through ``mm_encoder_outputs``."""
         extra = {}
         if "mm_token_type_ids" in inspect.signature(self.base.forward).parameters:
             # some families route tokens by modality (e.g. ERNIE-4.5-VL's experts)
-            extra["mm_token_type_ids"] = (input_ids == self.video_token_id).long() * 2
-        return super().decoder_hidden_states(input_ids, position_ids, video_features,
-                                             **extra, **attention_kwargs)
+            kind = 2 if self.modality == "video" else 1
+            extra["mm_token_type_ids"] = (input_ids == self.video_token_id).long() * kind
+        out = self.base(input_ids=input_ids, position_ids=position_ids,
+                        mm_encoder_outputs={self.modality: video_features}, use_cache=False,
+                        **extra, **attention_kwargs)
+        return out.last_hidden_state
+
+    def stock_inputs(self, video: Video) -> dict:
+        """The stock forward's keyword arguments for this video (the processor's output)."""
+        return {k: v for k, v in video.items() if k != "frame_timestamps"}
 
 
 def _feature_fields(output) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tpo_fast.models.base import VideoLLMAdapter
+from tpo_fast.models.image_frames import ImageFramesAdapter
 from tpo_fast.models.frames import Glm4vStyleAdapter, Glm46vAdapter, Qwen3StyleAdapter
 from tpo_fast.models.llava import LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from tpo_fast.models.longva import LongVAAdapter
@@ -11,14 +12,16 @@ from tpo_fast.models.qwen_vl import Qwen2_5VLAdapter, Qwen2VLAdapter, Qwen3VLAda
 ADAPTERS: dict[str, type[VideoLLMAdapter]] = {
     t: cls
     for cls in (LlavaOnevisionAdapter, LlavaNextVideoAdapter, Qwen2VLAdapter, Qwen2_5VLAdapter,
-                Qwen3VLAdapter, LongVAAdapter, Qwen3StyleAdapter, Glm4vStyleAdapter, Glm46vAdapter)
+                Qwen3VLAdapter, LongVAAdapter, Qwen3StyleAdapter, Glm4vStyleAdapter, Glm46vAdapter,
+                ImageFramesAdapter)
     for t in cls.model_types
 }
 SUPPORTED = tuple(sorted(ADAPTERS))
 # Families without a hand-written adapter that run through GenericVideoAdapter, each checked
 # packed-vs-stock in tests/test_models_generic.py (tiny configs from tpo_fast.models.tiny).
-GENERIC_FAMILIES = ("cosmos3_edge", "ernie4_5_vl_moe", "glm46v", "glm4v", "glm4v_moe", "glm_ocr",
-                    "hyperclovax_vision_v2", "minimax_m3_vl", "qwen3_vl_moe", "video_llava")
+GENERIC_FAMILIES = ("cohere_compass", "cosmos3_edge", "ernie4_5_vl_moe", "glm46v", "glm4v",
+                    "glm4v_moe", "glm_ocr", "hyperclovax_vision_v2", "internvl", "kimi_k25",
+                    "minimax_m3_vl", "qwen3_vl_moe", "smolvlm", "video_llama_3", "video_llava")
 
 
 def supported_families() -> tuple[str, ...]:

@@ -67,7 +67,8 @@ def tiny_tokenizer(family: str, words: list[str] | None = None, lowercase: bool 
     tok.add_special_tokens(specials)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-        eos_token="</s>", chat_template=CHAT_TEMPLATES.get(family, _GENERIC_TEMPLATE),
+        eos_token="</s>", chat_template=CHAT_TEMPLATES.get(
+            family, _IMAGE_TEMPLATE if family in IMAGE_FRAME_FAMILIES else _GENERIC_TEMPLATE),
     )
 
 
@@ -144,6 +145,10 @@ def random_video(family: str, config, frames: int, seed: int = 0, fps: float = 2
     """Random model inputs for one video of ``frames`` frames (what preprocessing would make)."""
     _check_family(family)
     g = torch.Generator().manual_seed(seed)
+    if family in IMAGE_FRAME_FAMILIES:
+        size = frame_size
+        frames_ = torch.randn(frames, 3, size, size, generator=g)
+        return {"pixel_values": frames_[None] if family == "smolvlm" else frames_}
     if family in FRAME_FAMILIES or family.startswith(("llava", "longva")):
         size = config.vision_config.image_size
         return {"pixel_values_videos": torch.randn(1, frames, 3, size, size, generator=g)}
@@ -165,7 +170,7 @@ def random_video(family: str, config, frames: int, seed: int = 0, fps: float = 2
     if family == "qwen3_vl" or family in GRID_FAMILIES:
         video["frame_timestamps"] = [i / fps for i in range(frames)]
     if family == "video_llama_3":  # its processor's per-video spatial merge
-        video["video_merge_sizes"] = torch.tensor([vision.spatial_merge_size])
+        video["video_merge_sizes"] = torch.tensor([2])
     if family == "kimi_k25":  # patches as [N, C, p, p] images
         video["pixel_values_videos"] = video["pixel_values_videos"].reshape(-1, channels, p, p)
     return video
@@ -202,9 +207,11 @@ GRID_FAMILIES = ("qwen3_vl_moe", "glm4v", "glm4v_moe", "glm46v", "glm_ocr", "ern
                  "kimi_k25", "lfm3_vl", "muse_glimmer", "muse_spark", "dots3_note",
                  "hyperclovax_vision_v2", "minimax_m3_vl", "glm5_next", "qwen3_5", "qwen3_5_moe")
 FRAME_FAMILIES = ("video_llava",)
-GENERIC_FAMILIES = GRID_FAMILIES + FRAME_FAMILIES
+IMAGE_FRAME_FAMILIES = ("internvl", "smolvlm")  # a video as its frames, each an image
+GENERIC_FAMILIES = GRID_FAMILIES + FRAME_FAMILIES + IMAGE_FRAME_FAMILIES
 EXTRA_SPECIAL_TOKENS = [f"<|special_{k}|>" for k in range(16)]
 _GENERIC_TEMPLATE = _CHATML.replace("VIDEO", "<|vision_start|><|video_pad|><|vision_end|>")
+_IMAGE_TEMPLATE = _CHATML.replace("VIDEO", "<|image_pad|>\n")
 # config token fields -> tiny tokens (others get the extra specials, in name order)
 _TOKEN_FIELDS = {"image_token_id": "<|image_pad|>", "image_token_index": "<|image_pad|>",
                  "video_token_id": "<|video_pad|>", "video_token_index": "<|video_pad|>",
@@ -225,6 +232,10 @@ _VISION_SIZES = dict(depth=2, num_hidden_layers=2, hidden_size=16, embed_dim=16,
 
 _TEXT_OVERRIDES = {
     "glm5_next": dict(num_key_value_heads=4),  # its attention needs as many kv heads as heads
+    "kimi_k25": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                     qk_head_dim=16, v_head_dim=12, head_dim=8, num_key_value_heads=4),  # MLA
+    "cohere_compass": dict(rope_parameters={"full_attention": dict(
+        rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3])}),  # per layer type
     "ernie4_5_vl_moe": dict(rope_parameters=dict(rope_type="default", rope_theta=10000.0,
                                                  mrope_section=[3, 3, 2])),  # h, w, t
 }
@@ -270,7 +281,9 @@ def tiny_generic_config(family: str, tokenizer, frame_size: int = 16, hidden: in
             vision[key] = hidden if key != "projection_dim" else 16
     for key in ("image_size", "window_size"):
         if key in vision:
-            vision[key] = frame_size
+            vision[key] = [frame_size] * 2 if isinstance(vision[key], list) else frame_size
+    if isinstance(vision.get("patch_size"), list):
+        vision["patch_size"] = [4, 4]
     extras = iter(EXTRA_SPECIAL_TOKENS)
     tokens = {}
     for name in sorted(vars(defaults)):
@@ -285,6 +298,8 @@ def tiny_generic_config(family: str, tokenizer, frame_size: int = 16, hidden: in
     if "audio_config" in defaults.sub_configs:
         kwargs["audio_config"] = _tiny_audio(defaults.audio_config.to_dict(), hidden)
     kwargs["tie_word_embeddings"] = False
+    if "projection_hidden_size" in top:  # Kimi-K2.5's projector width
+        kwargs["projection_hidden_size"] = 16
     return AutoConfig.for_model(family, **kwargs)
 
 
