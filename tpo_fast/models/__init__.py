@@ -1,8 +1,9 @@
 """Model adapters (one per video-LLM family) and ``PreferenceModel``, the packed forward.
 
-Supported ``config.model_type`` values: llava_onevision, llava_next_video, qwen2_vl,
-qwen2_5_vl, qwen3_vl, and longva (LLaVA-NeXT-format LongVA checkpoints: ``load_longva``,
-``save_longva``). transformers is imported only when a model is used.
+Supported ``config.model_type`` values: ``supported_families()`` — the hand-written adapters'
+(llava_onevision, llava_next_video, qwen2_vl, qwen2_5_vl, qwen3_vl, and longva: LLaVA-NeXT-format
+LongVA checkpoints, ``load_longva``, ``save_longva``) and the transformers families verified
+through ``GenericVideoAdapter``. transformers is imported only when a model is used.
 """
 
 from tpo_fast.models.base import VideoLLMAdapter

@@ -35,7 +35,9 @@ from tpo_fast.models.base import Video, VideoLLMAdapter
 # names under which families keep their modules (looked up on the base model, in this order)
 _TOWER_NAMES = ("visual", "video_tower", "vision_tower", "vision_model", "vision_encoder", "vision")
 _TOWER_PROJECTOR_NAMES = ("merger", "deepstack_merger_list")  # Qwen-VL keep the projector inside
-_NOT_PROJECTOR = ("language_model", "audio_tower", "audio_model", "audio_encoder", "audio")
+# not the projector either: the LM, audio encoders, Video-LLaVA's image-only tower
+_NOT_PROJECTOR = ("language_model", "audio_tower", "audio_model", "audio_encoder", "audio",
+                  "image_tower")
 # text-config layer types the prefix-shared attention implements
 _ATTENTION_LAYER_TYPES = {"full_attention", "attention"}
 _GRID_KEY = "video_grid_thw"
@@ -177,13 +179,13 @@ class GenericVideoAdapter(VideoLLMAdapter):
         """What maps vision features into the language model: every base-model module that is
         neither the vision tower nor the language model (nor an audio tower), and the
         projector modules that some towers hold (Qwen-VL's ``merger``)."""
-        tower = self.vision_tower()
+        tower, embeddings = self.vision_tower(), self.base.get_input_embeddings()
         params = []
         for name, child in self.base.named_children():
-            if child is tower or name in _NOT_PROJECTOR or name == "image_tower" or child is self.base.get_input_embeddings():
+            if child is tower or name in _NOT_PROJECTOR or child is embeddings:
                 continue
             params += list(child.parameters())
-        params += [p for name, p in self.base.named_parameters(recurse=False)]
+        params += list(self.base.parameters(recurse=False))
         for name in _TOWER_PROJECTOR_NAMES:
             module = getattr(tower, name, None)
             if isinstance(module, nn.Module):
