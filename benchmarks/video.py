@@ -98,8 +98,8 @@ def run_gpu(videos: dict, n: int, reps: int, batch: int) -> dict:
                "dali_gpu_decode": bench_decode(path, "dali_gpu", plans, reps, device="cuda")}
         plan = plans["uniform"]
 
-        def pyav_pair(plan=plan, info=info):
-            frames = decode(info, plan.indices, backend="pyav", threads=16).cuda()
+        def pyav_pair(plan=plan, info=info):  # as the data path: pinned uint8, non-blocking
+            frames = decode(info, plan.indices, backend="pyav", threads=16, device="cuda")
             return preprocess_video(frames, cfg)
 
         def dali_batch(plan=plan, path=path):
