@@ -27,7 +27,8 @@ def test_overrides_are_typed():
     ("optim.lr=fast", r"optim.lr must be a float, got 'fast'"),
     ("run.tensorboard=1", r"run.tensorboard must be true or false"),
     ("data.frames=2.5", r"data.frames must be an integer"),
-    ("loss.loss_type=kto", r"loss.loss_type must be sigmoid, ipo or hinge"),
+    ("loss.loss_type=kto", r"loss: unknown loss_type 'kto'; expected one of \('sigmoid', 'ipo', "
+                           r"'hinge'"),
     ("deepspeed.zero_stage=4", r"deepspeed.zero_stage must be 0-3"),
     ("loss.beta", r"'loss.beta' is not key=value"),
 ])

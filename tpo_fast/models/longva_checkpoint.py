@@ -224,14 +224,16 @@ def _rank() -> int:
 
 
 @contextlib.contextmanager
-def _partitioned(zero3_config: dict | None, dtype: torch.dtype):
+def _partitioned(zero3_config: dict | None):
     """Without a config: nothing. With one: modules created inside are ZeRO-3 partitioned."""
     if zero3_config is None:
         yield
         return
     import deepspeed
 
-    with deepspeed.zero.Init(config_dict_or_path=zero3_config, dtype=dtype):
+    # the dtype comes from the config's bf16 / fp16 flags (as for transformers' from_pretrained;
+    # an explicit dtype= is overridden on accelerators without fp16, e.g. the CPU)
+    with deepspeed.zero.Init(config_dict_or_path=zero3_config):
         yield
 
 
@@ -282,7 +284,7 @@ def load_longva(path, *, vision_config=None, dtype=None, device="cpu",
     except ValueError as exc:
         raise LongVACheckpointError(f"{folder / CONFIG_NAME}: {exc}") from None
     dtype = _dtype(dtype) or _dtype(llava.get("torch_dtype")) or torch.float32
-    with _building(dtype, device), _partitioned(zero3_config, dtype):
+    with _building(dtype, device), _partitioned(zero3_config):
         model = LongVAForCausalLM(config, attn_implementation=attn_implementation)
 
     names = checkpoint_names(model)

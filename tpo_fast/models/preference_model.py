@@ -101,11 +101,11 @@ class PreferenceModel(nn.Module):
         packed = PackedAttention.from_batch(batch, self.attention_backend, device)
         with packed_forward():
             hidden = self.adapter.decoder_hidden_states(
-                batch.input_ids[None].to(device),
-                self.adapter.model_position_ids(batch.position_ids).to(device),
+                batch.input_ids[None].to(device, non_blocking=True),
+                self.adapter.model_position_ids(batch.position_ids).to(device, non_blocking=True),
                 features, **{PACKED_KWARG: packed},
             )
-        return hidden[0].index_select(0, batch.logit_index.to(device))
+        return hidden[0].index_select(0, batch.logit_index.to(device, non_blocking=True))
 
     forward = hidden_states
 

@@ -26,6 +26,11 @@ def save_tiny_model(family: str, folder, *, seed: int = 0, hidden: int = 32, lay
     if family == "longva":
         from tpo_fast.models import save_longva
 
+        # A real LongVA names a known CLIP tower; the tiny one's config goes into a folder that
+        # config.json's mm_vision_tower points at (a local tower folder is what LongVA reads).
+        tower = folder.resolve() / "vision_tower"
+        model.config.vision_config.save_pretrained(tower)
+        model.config.llava["mm_vision_tower"] = str(tower)
         save_longva(model, folder, tokenizer=tokenizer, overwrite=True)
         return folder
     if hasattr(model.config, "vision_config") and hasattr(model.config.vision_config,

@@ -65,8 +65,8 @@ class TPOObjective(nn.Module):
                      on_cuda: bool) -> dict:
         c = self.loss_cfg
         return dict(beta=c.beta, sft_weight=c.sft_weight, dpo_weight=c.dpo_weight,
-                    loss_type=c.loss_type,
-                    label_smoothing=c.label_smoothing, num_pairs=batch.n_pairs,
+                    loss_type=c.loss_type, loss_weights=c.loss_weights,
+                    discopop_tau=c.discopop_tau, label_smoothing=c.label_smoothing, num_pairs=batch.n_pairs,
                     dpo_normalizer=dpo_normalizer, sft_normalizer=sft_normalizer,
                     # the packer validated the batch on the CPU; value checks on a CUDA
                     # tensor would be host syncs in every micro-step
@@ -87,7 +87,8 @@ class TPOObjective(nn.Module):
                     ref_logps = token_logps.new_zeros(2 * batch.n_pairs).index_add(
                         0, seq_id, token_logps).view(-1, 2)
             token_logps, seq_id = unpacked_token_logps(self.policy, batch)
-            kwargs = self._loss_kwargs(batch, dpo_normalizer, sft_normalizer, token_logps.is_cuda)
+            kwargs = self._loss_kwargs(batch, dpo_normalizer, sft_normalizer,
+                                       token_logps.is_cuda)
             return dpo_sft_loss(token_logps, seq_id, ref_logps, **kwargs)
         with self.replay.replay() if self.replay is not None else contextlib.nullcontext():
             features = self.policy.encode_videos(batch.videos)

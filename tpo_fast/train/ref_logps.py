@@ -73,7 +73,8 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
     try:
         for b in bins:
             ids = plan.bin(b)
-            logps = policy.policy_logps(dataset.batch(ids).to(device)).cpu()
+            batch = dataset.batch(ids).to(device, non_blocking=True)  # pinned for a GPU
+            logps = policy.policy_logps(batch).cpu()
             for i, pair in enumerate(ids):
                 scores[int(pair)] = [float(logps[i, 0]), float(logps[i, 1])]
     finally:

@@ -60,9 +60,15 @@ def frozen_vision_modules(policy) -> list[str]:
         return not isinstance(module, (nn.ModuleList, nn.ModuleDict)) and not any(
             p.requires_grad or id(p) in projector for p in module.parameters())
 
+    def in_projector(module: nn.Module) -> bool:  # e.g. Qwen-VL's merger, activations included
+        params = list(module.parameters())
+        return bool(params) and all(id(p) in projector for p in params)
+
     names: list[str] = []
 
     def visit(prefix: str, module: nn.Module) -> None:
+        if in_projector(module):
+            return
         if replayable(module):
             names.append(prefix)
             return
