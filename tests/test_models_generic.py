@@ -89,9 +89,15 @@ def check_family(family, n_pairs=2, seed=0):
         logps = stock_logps(model, fast.adapter, *pairs)
         (logps * weights.to(logps.dtype)).sum().backward()
         grads[name] = (logps.detach(), dict(model.named_parameters()))
+    calls = []
+    hook = fast.adapter.vision_tower().register_forward_hook(lambda *args: calls.append(1))
     batch = fast.pack(*pairs)
     got = fast.policy_logps(batch)
     (got * weights).sum().backward()
+    hook.remove()
+    # one vision-tower call per micro-batch (ZeRO-3 needs the same calls on every rank), and
+    # none while packing (token counts come from formulas, not from running the tower)
+    assert len(calls) == 1, f"{family}: {len(calls)} vision-tower calls"
 
     _within(got, grads["stock"][0], grads["truth"][0], f"{family} log-probs")
     checked = 0

@@ -1,4 +1,5 @@
-"""LLaVA-style families: LLaVA-OneVision (LLaVA-Video-7B-Qwen2 uses it) and LLaVA-NeXT-Video.
+"""LLaVA-style families: LLaVA-OneVision (LLaVA-Video-7B-Qwen2 uses it), LLaVA-NeXT-Video and
+Video-LLaVA.
 
 Video input: ``{"pixel_values_videos": float [1, F, 3, S, S]}`` (S = the vision tower's
 image_size), one entry per pair. Positions are plain 1-D.
@@ -87,3 +88,17 @@ class LlavaNextVideoAdapter(_LlavaAdapter, GenericVideoAdapter):
     def num_video_tokens(self, video: Video) -> int:
         side = self._patches_per_side() // self.model.config.spatial_pool_stride
         return video["pixel_values_videos"].shape[1] * side * side
+
+
+class VideoLlavaAdapter(_LlavaAdapter, GenericVideoAdapter):
+    """Video-LLaVA: the generic adapter with LLaVA's frame batching (its video tower encodes
+    frame by frame); every patch and the class token of each frame are video tokens."""
+
+    model_types = ("video_llava",)
+
+    def vision_tower(self):
+        return self.base.video_tower
+
+    def num_video_tokens(self, video: Video) -> int:
+        side = self._patches_per_side()
+        return video["pixel_values_videos"].shape[1] * (side * side + 1)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from tpo_fast.models.base import VideoLLMAdapter
 from tpo_fast.models.frames import Glm4vStyleAdapter, Glm46vAdapter, Qwen3StyleAdapter
 from tpo_fast.models.generic import GenericVideoAdapter
-from tpo_fast.models.image_frames import ImageFramesAdapter
-from tpo_fast.models.llava import LlavaNextVideoAdapter, LlavaOnevisionAdapter
+from tpo_fast.models.image_frames import InternVLAdapter, SmolVLMAdapter
+from tpo_fast.models.kimi import KimiK25Adapter
+from tpo_fast.models.llava import LlavaNextVideoAdapter, LlavaOnevisionAdapter, VideoLlavaAdapter
 from tpo_fast.models.longva import LongVAAdapter
 from tpo_fast.models.qwen_vl import Qwen2_5VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
 
@@ -14,7 +15,7 @@ ADAPTERS: dict[str, type[VideoLLMAdapter]] = {
     t: cls
     for cls in (LlavaOnevisionAdapter, LlavaNextVideoAdapter, Qwen2VLAdapter, Qwen2_5VLAdapter,
                 Qwen3VLAdapter, LongVAAdapter, Qwen3StyleAdapter, Glm4vStyleAdapter, Glm46vAdapter,
-                ImageFramesAdapter)
+                InternVLAdapter, SmolVLMAdapter, VideoLlavaAdapter, KimiK25Adapter)
     for t in cls.model_types
 }
 # Families without a hand-written adapter that run through GenericVideoAdapter, each checked
