@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tolerance import assert_within_reference_error
 
 from tpo_fast.attention import (
     ATTENTION_NAME,
@@ -30,14 +31,17 @@ def test_sdpa_backend_equals_reference(p, c, r, hq, hkv):
     ix = build_indices(p, c, r)
     packed = PackedAttention.from_batch(ix, backend="sdpa")
     q, k, v = random_qkv(ix.num_tokens, hq, hkv, seed=hq + hkv)
+    exact = [t.detach().double().requires_grad_() for t in (q, k, v)]
     out = packed.attend(q, k, v, scale=0.3)
     ref = prefix_shared_attention_reference(packed, q, k, v, scale=0.3)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    truth = prefix_shared_attention_reference(packed, *exact, scale=0.3)
+    assert_within_reference_error(out, ref, truth, msg="output")
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), g)
     ref_grads = torch.autograd.grad(ref, (q, k, v), g)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    true_grads = torch.autograd.grad(truth, exact, g.double())
+    for name, a, b, t in zip("qkv", grads, ref_grads, true_grads):
+        assert_within_reference_error(a, b, t, msg=f"d{name}")
 
 
 def test_prompt_kv_gradients_come_from_both_responses():

@@ -8,8 +8,10 @@ import torch
 
 
 def prefix_shared_attention_reference(packed, q, k, v, scale: float | None = None):
-    """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D] (float32), per the PackedBatch contract."""
-    q, k, v = q.float(), k.float(), v.float()
+    """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D] per the PackedBatch contract, in float32
+    (float64 inputs stay float64: the tests' ground truth)."""
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     groups = q.shape[1] // k.shape[1]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     out = torch.full_like(q, float("nan"))

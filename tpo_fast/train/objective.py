@@ -66,7 +66,8 @@ class TPOObjective(nn.Module):
         c = self.loss_cfg
         return dict(beta=c.beta, sft_weight=c.sft_weight, dpo_weight=c.dpo_weight,
                     loss_type=c.loss_type, loss_weights=c.loss_weights,
-                    discopop_tau=c.discopop_tau, label_smoothing=c.label_smoothing, num_pairs=batch.n_pairs,
+                    discopop_tau=c.discopop_tau, label_smoothing=c.label_smoothing,
+                    num_pairs=batch.n_pairs,
                     dpo_normalizer=dpo_normalizer, sft_normalizer=sft_normalizer,
                     # the packer validated the batch on the CPU; value checks on a CUDA
                     # tensor would be host syncs in every micro-step
