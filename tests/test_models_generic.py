@@ -55,7 +55,9 @@ def stock_logps(model, adapter, prompts, chosen, rejected, videos):
                           else v) for k, v in adapter.stock_inputs(video).items()}
             if "mm_token_type_ids" in inspect.signature(model.model.forward).parameters:
                 kwargs["mm_token_type_ids"] = torch.tensor([adapter.token_types(ids[0].tolist())])
-            logits = model(input_ids=ids, use_cache=False, **kwargs).logits[0]
+            # the processor's attention mask (Qwen-Omni thinkers build M-RoPE only with one)
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False,
+                           **kwargs).logits[0]
             logps = logits.to(torch.float64 if model.dtype == torch.float64 else torch.float32)
             logps = logps.log_softmax(-1)[len(prompt) - 1:-1]
             row.append(logps.gather(1, torch.tensor(response)[:, None]).sum())

@@ -315,9 +315,17 @@ class GenericVideoAdapter(VideoLLMAdapter):
             kwargs = self.rope_kwargs(videos[i])
             if "mm_token_type_ids" in params:
                 kwargs["mm_token_type_ids"] = torch.tensor([self.token_types(ids)])
+            if "attention_mask" in params:  # an unpadded row (Qwen3-Omni requires the mask)
+                kwargs["attention_mask"] = torch.ones(1, len(ids), dtype=torch.long)
             out = self.base.get_rope_index(torch.tensor([ids]), **kwargs)
-            pos = out[0] if isinstance(out, tuple) else out
-            return pos[:, 0].cpu().numpy()
+            pos = (out[0] if isinstance(out, tuple) else out)[:, 0].cpu()
+            if pos.is_floating_point():
+                if not torch.equal(pos, pos.round()):
+                    raise UnsupportedModelError(
+                        f"{type(self.base).__name__}.get_rope_index gives fractional positions; "
+                        "packed batches carry integer positions")
+                pos = pos.long()
+            return pos.numpy()
 
         return positions
 

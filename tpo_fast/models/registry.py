@@ -9,20 +9,23 @@ from tpo_fast.models.image_frames import InternVLAdapter, SmolVLMAdapter
 from tpo_fast.models.kimi import KimiK25Adapter
 from tpo_fast.models.llava import LlavaNextVideoAdapter, LlavaOnevisionAdapter, VideoLlavaAdapter
 from tpo_fast.models.longva import LongVAAdapter
+from tpo_fast.models.omni import OmniThinkerAdapter
 from tpo_fast.models.qwen_vl import Qwen2_5VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
 
 ADAPTERS: dict[str, type[VideoLLMAdapter]] = {
     t: cls
     for cls in (LlavaOnevisionAdapter, LlavaNextVideoAdapter, Qwen2VLAdapter, Qwen2_5VLAdapter,
                 Qwen3VLAdapter, LongVAAdapter, Qwen3StyleAdapter, Glm4vStyleAdapter, Glm46vAdapter,
-                InternVLAdapter, SmolVLMAdapter, VideoLlavaAdapter, KimiK25Adapter)
+                InternVLAdapter, SmolVLMAdapter, VideoLlavaAdapter, KimiK25Adapter,
+                OmniThinkerAdapter)
     for t in cls.model_types
 }
 # Families without a hand-written adapter that run through GenericVideoAdapter, each checked
 # packed-vs-stock in tests/test_models_generic.py (tiny configs from tpo_fast.models.tiny).
 GENERIC_FAMILIES = ("cohere_compass", "cosmos3_edge", "ernie4_5_vl_moe", "glm46v", "glm4v",
                     "glm4v_moe", "glm_ocr", "hyperclovax_vision_v2", "internvl", "kimi_k25",
-                    "minimax_m3_vl", "qwen3_vl_moe", "smolvlm", "video_llama_3", "video_llava")
+                    "minimax_m3_vl", "qwen2_5_omni_thinker", "qwen3_vl_moe", "smolvlm",
+                    "video_llama_3", "video_llava")
 
 
 def supported_families() -> tuple[str, ...]:

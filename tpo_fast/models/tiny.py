@@ -169,6 +169,8 @@ def random_video(family: str, config, frames: int, seed: int = 0, fps: float = 2
         video["second_per_grid_ts"] = torch.tensor([tp / fps])
     if family == "qwen3_vl" or family in GRID_FAMILIES:
         video["frame_timestamps"] = [i / fps for i in range(frames)]
+    if family.endswith("omni_thinker") or family == "qwen3_omni_moe_thinker":
+        video["video_second_per_grid"] = torch.tensor([tp / fps])
     if family == "video_llama_3":  # its processor's per-video spatial merge
         video["video_merge_sizes"] = torch.tensor([2])
     if family == "kimi_k25":  # patches as [N, C, p, p] images
@@ -202,7 +204,7 @@ def _check_family(family: str) -> None:
 # Grid families take Qwen-VL-style inputs (patch rows + video_grid_thw); frame families take
 # [1, F, 3, S, S] like LLaVA.
 GRID_FAMILIES = ("qwen3_vl_moe", "glm4v", "glm4v_moe", "glm46v", "glm_ocr", "ernie4_5_vl_moe",
-                 "video_llama_3",
+                 "qwen2_5_omni_thinker", "qwen3_omni_moe_thinker", "video_llama_3",
                  "cohere_compass", "qwen4_exp", "hy_v4_vl", "cosmos3_edge", "exaone4_5",
                  "kimi_k25", "lfm3_vl", "muse_glimmer", "muse_spark", "dots3_note",
                  "hyperclovax_vision_v2", "minimax_m3_vl", "glm5_next", "qwen3_5", "qwen3_5_moe")
@@ -298,6 +300,9 @@ def tiny_generic_config(family: str, tokenizer, frame_size: int = 16, hidden: in
     if "audio_config" in defaults.sub_configs:
         kwargs["audio_config"] = _tiny_audio(defaults.audio_config.to_dict(), hidden)
     kwargs["tie_word_embeddings"] = False
+    if family.endswith("omni_thinker") or family == "qwen3_omni_moe_thinker":
+        # its rope index finds videos after vision_start (a field of the released configs)
+        kwargs["vision_start_token_id"] = ids["<|vision_start|>"]
     if "projection_hidden_size" in top:  # Kimi-K2.5's projector width
         kwargs["projection_hidden_size"] = 16
     return AutoConfig.for_model(family, **kwargs)
