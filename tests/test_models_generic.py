@@ -184,3 +184,29 @@ def test_image_only_model_lacks_video():
         adapter_for(model)
     with pytest.raises(UnsupportedModelError, match="get_video_features"):
         GenericVideoAdapter(model)
+
+
+def test_adapter_class_and_unknown_types():
+    from tpo_fast.models import SUPPORTED, adapter_class
+
+    assert adapter_class("hyperclovax_vision_v2") is GenericVideoAdapter
+    assert adapter_class("glm4v").__name__ == "Glm4vStyleAdapter"
+    assert SUPPORTED == supported_families()
+    with pytest.raises(ValueError, match="'gpt2' is not supported"):
+        adapter_class("gpt2")
+
+
+def test_fractional_rope_positions_are_refused():
+    """Qwen3-Omni's thinker spaces temporal patches by seconds × position_id_per_seconds
+    position ids, unrounded (0.37 s × 25 = 9.25)."""
+    from tpo_fast.models.omni import OmniThinkerAdapter
+
+    family = "qwen3_omni_moe_thinker"
+    tokenizer = tiny_tokenizer(family)
+    model = tiny_model(family, tokenizer)
+    adapter = OmniThinkerAdapter(model)
+    video = random_video(family, model.config, 4) | {"video_second_per_grid": torch.tensor([0.37])}
+    prompt = adapter.prompt_ids(tokenizer, "how many shapes appeared ?", video)
+    positions = adapter.position_ids_fn([prompt], [video])
+    with pytest.raises(UnsupportedModelError, match="fractional positions"):
+        positions(0, len(prompt), 2)
