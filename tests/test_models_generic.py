@@ -159,6 +159,9 @@ def test_video_token_count_matches_the_features(family):
 
 @pytest.mark.parametrize("family, lacks", [
     ("qwen3_5", "linear_attention"),       # Gated DeltaNet layers: no keys to share
+    ("qwen3_5_moe", "linear_attention"),
+    ("qwen4_exp", "linear_attention"),
+    ("glm5_next", "linear_attention"),
     ("exaone4_5", "sliding_attention"),    # sliding windows
 ])
 def test_unfit_language_models_are_named(family, lacks):
