@@ -44,23 +44,33 @@ def make_pairs(family, tokenizer, model, n_pairs, seed):
     return prompts, chosen, rejected, videos
 
 
+def require_family(family):
+    """Families of a newer transformers than the installed one are skipped (GPU machine)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if family not in CONFIG_MAPPING_NAMES:
+        pytest.skip(f"{family} is not in this transformers")
+
+
 def stock_logps(model, adapter, prompts, chosen, rejected, videos):
     """Each pair as two rows through the stock forward (pixels in, logits out) + log_softmax."""
+    device = model.lm_head.weight.device if hasattr(model, "lm_head") else model.device
     out = []
     for prompt, c, r, video in zip(prompts, chosen, rejected, videos):
         row = []
         for response in (c, r):
-            ids = torch.tensor([prompt + response])
-            kwargs = {k: (v.to(model.dtype) if torch.is_tensor(v) and v.is_floating_point()
-                          else v) for k, v in adapter.stock_inputs(video).items()}
+            ids = torch.tensor([prompt + response], device=device)
+            kwargs = {k: (v.to(device, model.dtype) if v.is_floating_point() else v.to(device))
+                      if torch.is_tensor(v) else v for k, v in adapter.stock_inputs(video).items()}
             if "mm_token_type_ids" in inspect.signature(model.model.forward).parameters:
-                kwargs["mm_token_type_ids"] = torch.tensor([adapter.token_types(ids[0].tolist())])
+                kwargs["mm_token_type_ids"] = torch.tensor([adapter.token_types(ids[0].tolist())],
+                                                           device=device)
             # the processor's attention mask (Qwen-Omni thinkers build M-RoPE only with one)
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False,
                            **kwargs).logits[0]
             logps = logits.to(torch.float64 if model.dtype == torch.float64 else torch.float32)
             logps = logps.log_softmax(-1)[len(prompt) - 1:-1]
-            row.append(logps.gather(1, torch.tensor(response)[:, None]).sum())
+            row.append(logps.gather(1, torch.tensor(response, device=device)[:, None]).sum())
         out.append(torch.stack(row))
     return torch.stack(out)
 
@@ -76,6 +86,7 @@ def _within(got, ref, truth, what):
 
 
 def check_family(family, n_pairs=2, seed=0):
+    require_family(family)
     tokenizer = tiny_tokenizer(family)
     slow = tiny_model(family, tokenizer, seed=seed)
     fast = PreferenceModel(copy.deepcopy(slow))
@@ -141,6 +152,7 @@ def test_packed_equals_stock(family):
 
 @pytest.mark.parametrize("family", SUPPORTED_GENERIC)
 def test_video_token_count_matches_the_features(family):
+    require_family(family)
     tokenizer = tiny_tokenizer(family)
     model = tiny_model(family, tokenizer)
     adapter = adapter_for(model)
@@ -165,6 +177,7 @@ def test_video_token_count_matches_the_features(family):
     ("exaone4_5", "sliding_attention"),    # sliding windows
 ])
 def test_unfit_language_models_are_named(family, lacks):
+    require_family(family)
     tokenizer = tiny_tokenizer(family)
     with pytest.raises(UnsupportedModelError, match=lacks):
         PreferenceModel(tiny_model(family, tokenizer))
@@ -213,3 +226,30 @@ def test_fractional_rope_positions_are_refused():
     positions = adapter.position_ids_fn([prompt], [video])
     with pytest.raises(UnsupportedModelError, match="fractional positions"):
         positions(0, len(prompt), 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "torch_varlen", "flash_attn"])
+@pytest.mark.parametrize("family", TRANSFORMERS_FAMILIES)
+def test_packed_bf16_on_cuda(family, backend):
+    """bf16 packed log-probs on CUDA: error against the float32 stock path at most twice the
+    error of the bf16 stock path itself (plus 1e-2)."""
+    from tpo_fast.attention import available_backends
+
+    require_family(family)
+    if backend not in available_backends("cuda"):
+        pytest.skip(f"{backend} not installed")
+    tokenizer = tiny_tokenizer(family)
+    truth_model = tiny_model(family, tokenizer, seed=7).cuda()
+    adapter = adapter_for(truth_model)
+    prompts, chosen, rejected, videos = make_pairs(family, tokenizer, truth_model, 3, seed=7)
+    videos = [{k: v.cuda() if torch.is_tensor(v) else v for k, v in video.items()}
+              for video in videos]
+    pairs = (prompts, chosen, rejected, videos)
+    with torch.no_grad():
+        truth = stock_logps(truth_model, adapter, *pairs)
+        bf16 = copy.deepcopy(truth_model).to(torch.bfloat16)
+        stock_bf16 = stock_logps(bf16, adapter, *pairs)
+        fast = PreferenceModel(bf16, attention_backend=backend)
+        got = fast.policy_logps(fast.pack(*pairs))
+    assert (got - truth).abs().max() <= 2 * (stock_bf16 - truth).abs().max() + 1e-2

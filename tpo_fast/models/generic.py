@@ -312,7 +312,9 @@ class GenericVideoAdapter(VideoLLMAdapter):
 
         def positions(i: int, prompt_len: int, response_len: int):
             ids = list(prompt_ids[i]) + [filler] * response_len
-            kwargs = self.rope_kwargs(videos[i])
+            # on the CPU, beside the row's ids (packing runs there; videos may be on a GPU)
+            kwargs = {k: v.cpu() if torch.is_tensor(v) else v
+                      for k, v in self.rope_kwargs(videos[i]).items()}
             if "mm_token_type_ids" in params:
                 kwargs["mm_token_type_ids"] = torch.tensor([self.token_types(ids)])
             if "attention_mask" in params:  # an unpadded row (Qwen3-Omni requires the mask)
