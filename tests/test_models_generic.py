@@ -8,7 +8,6 @@ gradient of every trainable parameter.
 """
 
 import copy
-import inspect
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ import torch
 from tpo_fast.models import PreferenceModel, adapter_for, supported_families
 from tpo_fast.models.generic import GenericVideoAdapter, UnsupportedModelError
 from tpo_fast.models.registry import GENERIC_FAMILIES
+from tpo_fast.models.stock import stock_pair_logps
 from tpo_fast.models.tiny import FAMILIES, random_video, tiny_model, tiny_tokenizer
 
 QUESTIONS = ["how many shapes appeared ?", "what happened right after the red star vanished ?",
@@ -53,26 +53,10 @@ def require_family(family):
 
 
 def stock_logps(model, adapter, prompts, chosen, rejected, videos):
-    """Each pair as two rows through the stock forward (pixels in, logits out) + log_softmax."""
-    device = model.lm_head.weight.device if hasattr(model, "lm_head") else model.device
-    out = []
-    for prompt, c, r, video in zip(prompts, chosen, rejected, videos):
-        row = []
-        for response in (c, r):
-            ids = torch.tensor([prompt + response], device=device)
-            kwargs = {k: (v.to(device, model.dtype) if v.is_floating_point() else v.to(device))
-                      if torch.is_tensor(v) else v for k, v in adapter.stock_inputs(video).items()}
-            if "mm_token_type_ids" in inspect.signature(model.model.forward).parameters:
-                kwargs["mm_token_type_ids"] = torch.tensor([adapter.token_types(ids[0].tolist())],
-                                                           device=device)
-            # the processor's attention mask (Qwen-Omni thinkers build M-RoPE only with one)
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False,
-                           **kwargs).logits[0]
-            logps = logits.to(torch.float64 if model.dtype == torch.float64 else torch.float32)
-            logps = logps.log_softmax(-1)[len(prompt) - 1:-1]
-            row.append(logps.gather(1, torch.tensor(response, device=device)[:, None]).sum())
-        out.append(torch.stack(row))
-    return torch.stack(out)
+    """Each pair as two rows through the stock forward (pixels in, logits out) + log_softmax
+    (the adapter is the one ``stock_pair_logps`` finds for the model)."""
+    assert type(adapter_for(model)) is type(adapter)
+    return stock_pair_logps(model, prompts, chosen, rejected, videos)
 
 
 def _within(got, ref, truth, what):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tpo_fast.models import SUPPORTED, PreferenceModel, adapter_class, adapter_for
+from tpo_fast.models.stock import stock_pair_logps
 from tpo_fast.models.tiny import FAMILIES, random_video, tiny_model, tiny_tokenizer
 
 QUESTIONS = [
@@ -41,20 +42,7 @@ def make_pairs(family, tokenizer, model, n_pairs, seed, one_token=False):
 
 def stock_logps(model, prompts, chosen, rejected, videos):
     """The obvious slow path: each pair as two rows through the stock forward + log_softmax."""
-    adapter = adapter_for(model)
-    out = []
-    for prompt, c, r, video in zip(prompts, chosen, rejected, videos):
-        row = []
-        for response in (c, r):
-            ids = torch.tensor([prompt + response])
-            kwargs = {k: v for k, v in video.items() if k != "frame_timestamps"}
-            if "video_grid_thw" in video:  # Qwen-VL: M-RoPE needs the token types
-                kwargs["mm_token_type_ids"] = (ids == adapter.video_token_id).long() * 2
-            logps = model(input_ids=ids, **kwargs).logits[0].float().log_softmax(-1)
-            predicted = logps[len(prompt) - 1:-1].gather(1, torch.tensor(response)[:, None])
-            row.append(predicted.sum())
-        out.append(torch.stack(row))
-    return torch.stack(out)
+    return stock_pair_logps(model, prompts, chosen, rejected, videos)
 
 
 def count_calls(module):

@@ -77,11 +77,10 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], videos: list[dict
     width = max(map(len, prompts))
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    kwargs = stock_inputs(model, input_ids, merged)
+    kwargs = stock_inputs(model, input_ids, merged, attention_mask=mask)
     if not do_sample:
         sampling = {"do_sample": False, "temperature": None, "top_p": None}
-    out = model.generate(attention_mask=mask.to(model.device),
-                         max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=stops,
+    out = model.generate(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=stops,
                          **sampling, **kwargs)
     return [_decode(tokenizer, row[width:].tolist(), stops) for row in out]
 
