@@ -49,6 +49,15 @@ class PreferenceModel(nn.Module):
                 p.requires_grad_(train_vision_tower)
         for p in self.adapter.projector_parameters():
             p.requires_grad_(train_projector)
+        # Other encoders the base model holds (Video-LLaVA's image tower, an Omni audio tower)
+        # take no part in a video pair: frozen, so the optimizer holds no state for them.
+        language = getattr(self.adapter.base, "language_model", None)
+        if isinstance(language, nn.Module):
+            keep = {id(p) for p in language.parameters()}
+            keep |= {id(p) for p in self.adapter.vision_tower().parameters()} | projector
+            for p in self.adapter.base.parameters():
+                if id(p) not in keep:
+                    p.requires_grad_(False)
 
     @property
     def device(self) -> torch.device:
