@@ -1,20 +1,30 @@
 """``tpo-fast demo``: the whole method on a laptop-class CPU, with nothing downloaded.
 
+The task (``tpo_fast.synthetic.search``): a 12-second video of four segments, each a pair of
+colours (a cue over an answer); "which colour was under red ?" asks for the answer colour of
+the segment whose cue is red, the other segments' answer colours are the wrong options.
+
 Stages (each restartable: a stage whose outputs exist is skipped; ``--stage`` runs one):
 
-1. ``data``    synthetic temporal-grounding videos with known events (train and held-out splits,
-               different seeds), their questions, and SFT pairs (``tpo_fast.synthetic``);
-2. ``base``    a tiny Qwen2-VL-architecture model with a word-level tokenizer covering the data,
-               SFT-warmed on the train split's open questions into a weak base;
-3. ``curate``  the base model curates its own TPO pairs on the train videos: questions per
-               target, answers from the real frame plans (chosen: the segment / the full video;
-               rejected: its complement or an incomplete half / a down-sampled video), rule
-               filters and TPO's judge (answered from the ground truth), a 5:5
-               localized:comprehensive mix (``tpo_fast.curate``);
-4. ``tpo``     TPO (DPO + α·SFT on the chosen answers) from the base on the curated pairs;
+1. ``data``    train and held-out splits (different seeds): videos, questions, and every
+               localized question's segment cut out as a clip;
+2. ``base``    a tiny Qwen2-VL-architecture model with a word-level tokenizer, SFT-warmed on
+               the train split's *clips* (and the whole-video first/last questions): it reads
+               frames but has never had to search a long video. Then the precondition is
+               measured on the held-out localized questions: the base's accuracy from the clip
+               alone vs from the whole video (``base/precondition.json``);
+3. ``curate``  the base curates its own TPO pairs on the train videos with ``tpo-fast curate``:
+               the question for a target is the generator's own, answers come from the real
+               frame plans (chosen: the segment / the full video; rejected: its complement or
+               an incomplete half / a 4x down-sampled video), rule filters, optionally TPO's
+               judge (answered from the ground truth), a 5:5 localized:comprehensive mix. The
+               pairs' quality is measured from the ground truth (``curate/pair_quality.json``);
+4. ``tpo``     TPO (DPO + alpha * SFT on the chosen answers) from the base on the curated pairs,
+               both answers scored against the whole video;
 5. ``control`` (optional) SFT on the chosen answers of the same pairs, from the same base;
-6. ``eval``    multiple-choice accuracy of base vs TPO (vs control) on the held-out split, by
-               option log-likelihood: a table, ``eval.json`` and ``eval.png``.
+6. ``eval``    multiple-choice accuracy (option log-likelihood) of base vs TPO (vs control) on
+               the held-out videos, whole video as input: a table, ``eval.json`` and
+               ``eval.png`` (with the precondition and the pair quality beside them).
 
 Everything lands in one run folder (``runs/demo`` by default).
 """
@@ -28,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 STAGES = ("data", "base", "curate", "tpo", "control", "eval")
-FRAME_PIXELS = 32 * 32  # Qwen-VL resize bound: the 32 x 32 synthetic frames stay as they are
+CHANCE = 0.25  # four options
 
 
 @dataclass
@@ -36,21 +46,28 @@ class DemoSettings:
     out: str = "runs/demo"
     seed: int = 0
     family: str = "qwen2_vl"
-    train_videos: int = 48
-    heldout_videos: int = 24
-    frames: int = 8
+    train_videos: int = 128
+    heldout_videos: int = 128
+    distractors: str = "solid"  # the other segments: solid colours, or "cued" (own cues)
+    frames: int = 8  # frames a model sees per video or clip (2 per segment of the whole video)
+    size: int = 16  # frame side in pixels: 2 x 2 visual tokens per 2-frame temporal patch
     hidden: int = 64
     layers: int = 2
-    # SFT warm-up (the weak base)
+    token_budget: int = 512  # packed tokens per micro-batch (a pair is about 60 tokens)
+    # SFT warm-up on clips (the base)
     sft_epochs: int = 4
     sft_lr: float = 3e-3
+    # curation
+    temperature: float = 0.0  # the policy's sampling temperature (0: greedy)
+    incomplete_fraction: float = 0.5  # localized rejected: share `incomplete`, rest complement
+    judge: bool = False  # TPO's judge (here from the ground truth) filters the curated pairs
+    mix_localized: float = 5.0  # localized : comprehensive pairs kept (TPO: 5:5)
+    mix_comprehensive: float = 5.0
     # TPO
-    tpo_epochs: int = 3
-    tpo_lr: float = 1e-3
+    tpo_epochs: int = 12
+    tpo_lr: float = 3e-3
     beta: float = 0.5
     alpha: float = 0.5
-    temperature: float = 1.0  # the policy's sampling temperature in curation (0: greedy)
-    judge: bool = True  # TPO's judge (here from the ground truth) filters the curated pairs
     control: bool = False  # also train the SFT-on-chosen control
     progress: bool = True
 
@@ -58,38 +75,48 @@ class DemoSettings:
     def root(self) -> Path:
         return Path(self.out)
 
+    @property
+    def frame_pixels(self) -> int:  # Qwen-VL resize bounds: frames stay as they are
+        return self.size * self.size
+
 
 def _log(message: str) -> None:
     print(f"[tpo-fast demo] {message}", file=sys.stderr, flush=True)
 
 
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 # ---- stage 1: data -----------------------------------------------------------------------------
 def stage_data(s: DemoSettings) -> dict:
-    from tpo_fast.synthetic import generate_split
+    from tpo_fast.synthetic.search import generate_search_split
 
-    paths = {}
+    paths, train_plans = {}, set()
     for split, n, seed in (("train", s.train_videos, s.seed),
                            ("heldout", s.heldout_videos, s.seed + 10_000)):
         folder = s.root / "data" / split
-        if not (folder / "qa.jsonl").is_file():
-            generate_split(folder, n, seed)
+        if not (folder / "clips.jsonl").is_file():
+            # no held-out video equals a train video
+            made = generate_search_split(folder, n, seed, size=s.size, distractors=s.distractors,
+                                         exclude=train_plans if split == "heldout" else None)
+            train_plans = made["plans"]
         paths[split] = folder
     _log(f"data: {s.train_videos} train and {s.heldout_videos} held-out videos in "
          f"{s.root / 'data'}")
     return paths
 
 
-# ---- stage 2: the weak base ----------------------------------------------------------------------
+# ---- stage 2: the base -------------------------------------------------------------------------
 def demo_tokenizer(family: str):
-    """The tiny word-level tokenizer, its vocabulary extended with every word the synthetic data
+    """The tiny word-level tokenizer, its vocabulary extended with every word the search task
     and the curation templates use (lower-cased)."""
     from tpo_fast.curate.llm import template_vocabulary
     from tpo_fast.models.tiny import tiny_tokenizer
-    from tpo_fast.synthetic import vocabulary
+    from tpo_fast.synthetic.search import search_vocabulary
 
-    letters = {"a", "b", "c", "d", "e"}  # the multiple-choice answers ("B. red")
-    return tiny_tokenizer(family, words=sorted(set(vocabulary()) | template_vocabulary() | letters),
-                          lowercase=True)
+    words = {w.lower() for w in search_vocabulary()} | template_vocabulary()
+    return tiny_tokenizer(family, words=sorted(words), lowercase=True)
 
 
 def _init_model(s: DemoSettings) -> Path:
@@ -99,8 +126,9 @@ def _init_model(s: DemoSettings) -> Path:
     if (folder / "config.json").is_file():
         return folder
     tokenizer = demo_tokenizer(s.family)
-    model = tiny_model(s.family, tokenizer, seed=s.seed, hidden=s.hidden, layers=s.layers)
-    model.config.video_min_pixels = model.config.video_max_pixels = FRAME_PIXELS
+    model = tiny_model(s.family, tokenizer, seed=s.seed, hidden=s.hidden, layers=s.layers,
+                       frame_size=s.size)
+    model.config.video_min_pixels = model.config.video_max_pixels = s.frame_pixels
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -116,7 +144,8 @@ def _train(s: DemoSettings, name: str, model_path: Path, pairs: Path, overrides:
         return final
     cfg = load_config(None, [
         f"model.path={model_path}", "model.dtype=float32", f"data.train={pairs}",
-        f"data.frames={s.frames}", "data.token_budget=4096", "data.skip_invalid=true",
+        f"data.frames={s.frames}", f"data.token_budget={s.token_budget}",
+        "data.skip_invalid=true",
         "deepspeed.zero_stage=0", "optim.global_batch_size=8", "optim.warmup_ratio=0.1",
         f"run.output_dir={s.root / name}", f"run.seed={s.seed}", "run.tensorboard=false",
         f"run.progress={str(s.progress).lower()}", *overrides])
@@ -124,33 +153,73 @@ def _train(s: DemoSettings, name: str, model_path: Path, pairs: Path, overrides:
     return final
 
 
-def sft_pairs(train: Path) -> Path:
-    """The warm-up set: every train question twice, as an open question (the generator's
-    ``sft.jsonl``: chosen = the right answer, rejected = a wrong one) and as multiple choice in
-    the evaluation's format (chosen = "B. red", rejected = another option)."""
-    from tpo_fast.eval import read_questions
-    from tpo_fast.eval.scoring import answer_texts, format_prompt
-
-    out = train / "sft_open_and_mc.jsonl"
+def warmup_pairs(train: Path) -> Path:
+    """The warm-up set, in the evaluation's multiple-choice format ("B. red"): every localized
+    train question with its *clip* as the video, and the whole-video first/last questions. The
+    rejected side (unused by SFT) names the next option."""
+    out = train / "warmup.jsonl"
     if out.is_file():
         return out
-    lines = (train / "sft.jsonl").read_text().splitlines()
-    for q in read_questions("synthetic", train / "qa.jsonl"):
-        answers = answer_texts(q, "letter_text")
-        wrong = (q.answer + 1) % len(answers)
-        lines.append(json.dumps({"video": str(Path(q.video).resolve()), "prompt": format_prompt(q),
-                                 "chosen": answers[q.answer], "rejected": answers[wrong]}))
+    rows = _jsonl(train / "clips.jsonl")
+    rows += [q for q in _jsonl(train / "qa.jsonl") if q["span"] is None]
+    lines = []
+    for q in rows:
+        wrong = (q["answer"] + 1) % len(q["options"])
+        lines.append(json.dumps({"video": str((train / q["video"]).resolve()),
+                                 "prompt": q["mc_prompt"], "chosen": q["answer_text"],
+                                 "rejected": f"{'ABCD'[wrong]}. {q['options'][wrong]}",
+                                 "qid": q["qid"], "task_type": q["task_type"]}))
     out.write_text("\n".join(lines) + "\n")
     return out
 
 
 def stage_base(s: DemoSettings, data: dict) -> Path:
     init = _init_model(s)
-    base = _train(s, "base", init, sft_pairs(data["train"]), [
+    base = _train(s, "base", init, warmup_pairs(data["train"]), [
         "loss.dpo_weight=0", "loss.sft_weight=1", f"optim.lr={s.sft_lr}",
         f"optim.epochs={s.sft_epochs}"])
-    _log(f"base: SFT-warmed tiny {s.family} in {base}")
+    _log(f"base: SFT-warmed on clips, tiny {s.family} in {base}")
+    out = s.root / "base" / "precondition.json"
+    if not out.is_file():
+        clip = _evaluate(s, base, data["heldout"] / "clips.jsonl")
+        full = _evaluate(s, base, data["heldout"] / "qa.jsonl")
+        out.write_text(json.dumps(precondition(clip, full), indent=2))
+    pre = json.loads(out.read_text())
+    _log(f"precondition (held-out localized questions, {pre['n']}): base from the clip "
+         f"{pre['base_clip']:.3f}, from the whole video {pre['base_full']:.3f} "
+         f"(gap {pre['gap']:+.3f}; chance {CHANCE})")
     return base
+
+
+def _evaluate(s: DemoSettings, model_path: Path, qa: Path) -> dict:
+    """``tpo_fast.eval.evaluate`` of one model on a qa file (option log-likelihood, "B. red")."""
+    from tpo_fast.curate.policy import load_video_llm
+    from tpo_fast.eval import evaluate, read_questions
+
+    model, tokenizer, _ = load_video_llm(str(model_path), None, "float32", "cpu")
+    return evaluate(model, tokenizer, read_questions("synthetic", qa), method="loglik",
+                    frames=s.frames, batch_size=16, answer_format="letter_text",
+                    progress=s.progress)
+
+
+def localized_accuracy(result: dict) -> tuple[float, int]:
+    """(accuracy, count) over the localized questions of an ``evaluate`` result."""
+    rows = [r for r in result["predictions"] if r["task_type"].startswith("localized/")]
+    if not rows:
+        return float("nan"), 0
+    return sum(r["loglik"]["prediction"] == r["answer"] for r in rows) / len(rows), len(rows)
+
+
+def precondition(clip: dict, full: dict) -> dict:
+    """TPO's precondition from two ``evaluate`` results of the base on the same localized
+    questions: shown only the relevant segment (``clip``) and the whole video (``full``)."""
+    clip_acc, n_clip = localized_accuracy(clip)
+    full_acc, n_full = localized_accuracy(full)
+    if n_clip != n_full:
+        raise ValueError(f"the clip and whole-video runs hold {n_clip} and {n_full} localized "
+                         "questions; they must be the same questions")
+    return {"base_clip": clip_acc, "base_full": full_acc, "gap": clip_acc - full_acc,
+            "n": n_clip}
 
 
 # ---- stage 3: curation ---------------------------------------------------------------------------
@@ -160,20 +229,19 @@ def _events_key(events: list[dict]) -> str:
 
 class SyntheticQuestions:
     """The demo's annotation-driven query backend: for a target of a synthetic video it returns
-    one of the generator's own questions about that target (same phrasing as the held-out
-    questions): a localized question whose span is the target, or a comprehensive question for
-    the whole video; "None" when there is none. Videos are recognised by their events."""
+    one of the generator's own questions about that target, as the one-line multiple-choice
+    prompt (``mc_prompt``; the evaluation's format): a localized question whose span is the
+    target, or a comprehensive question for the whole video; "None" when there is none. Videos
+    are recognised by their events. As TPO's judge it answers from the ground truth."""
 
     name = "synthetic-annotations"
 
     def __init__(self, manifest: Path, qa: Path):
         by_video: dict[str, list[dict]] = {}
-        for line in qa.read_text().splitlines():
-            q = json.loads(line)
+        for q in _jsonl(qa):
             by_video.setdefault(q["video"], []).append(q)
         self.questions: dict[str, list[dict]] = {}
-        for line in manifest.read_text().splitlines():
-            entry = json.loads(line)
+        for entry in _jsonl(manifest):
             self.questions[_events_key(entry["events"])] = by_video.get(entry["video"], [])
 
     def complete(self, requests) -> list:
@@ -187,7 +255,7 @@ class SyntheticQuestions:
         (consistent), the chosen answer names the right option and no other (correct), and the
         rejected one does not (better)."""
         pool = self.questions.get(_events_key(ctx.get("events", [])), [])
-        match = [q for q in pool if q["question"] == ctx["question"]]
+        match = [q for q in pool if q["mc_prompt"] == ctx["question"]]
         if not match:
             return json.dumps({"chosen_better": False, "consistent": False,
                                "chosen_correct": False, "reason": "unknown question"})
@@ -206,7 +274,7 @@ class SyntheticQuestions:
                     and abs(q["span"][1] - ctx["t1"]) < 1e-3]
         else:
             pool = [q for q in pool if q["span"] is None]
-        return pool[seed % len(pool)]["question"] if pool else "None"
+        return pool[seed % len(pool)]["mc_prompt"] if pool else "None"
 
 
 def names_only_answer(text: str, options: list[str], answer: int) -> bool:
@@ -222,18 +290,45 @@ def names_only_answer(text: str, options: list[str], answer: int) -> bool:
                                   if i != answer)
 
 
+def pair_quality(pairs: list[dict], questions: list[dict]) -> dict:
+    """How good the curated pairs are, from the ground truth: the share whose chosen answer is
+    right and rejected answer wrong (``good``), and the shares with the chosen right and with
+    the rejected wrong, overall and per pair type. ``pairs`` are ``pairs.jsonl`` rows (prompt,
+    chosen, rejected, type, video); ``questions`` the split's ``qa.jsonl`` rows (each matched by
+    its video's file name and its ``mc_prompt``)."""
+    by_key = {(Path(q["video"]).name, q["mc_prompt"]): q for q in questions}
+    tally: dict[str, list[int]] = {}
+    for p in pairs:
+        q = by_key.get((Path(p["video"]).name, p["prompt"]))
+        if q is None:
+            raise KeyError(f"pair {p.get('id', '?')}: no question {p['prompt']!r} for "
+                           f"{p['video']}")
+        chosen_ok = names_only_answer(p["chosen"], q["options"], q["answer"])
+        rejected_ok = names_only_answer(p["rejected"], q["options"], q["answer"])
+        for key in ("all", p["type"]):
+            t = tally.setdefault(key, [0, 0, 0, 0])
+            t[0] += 1
+            t[1] += chosen_ok and not rejected_ok
+            t[2] += chosen_ok
+            t[3] += not rejected_ok
+    out = {}
+    for key, (n, good, chosen_right, rejected_wrong) in tally.items():
+        out[key] = {"n": n, "good": good / n, "chosen_right": chosen_right / n,
+                    "rejected_wrong": rejected_wrong / n}
+    return out or {"all": {"n": 0, "good": float("nan"), "chosen_right": float("nan"),
+                           "rejected_wrong": float("nan")}}
+
+
 def curation_manifest(train: Path) -> Path:
     """The train split's manifest with each video's localized question spans as its segments
     (the localized targets), so curated questions cover what the held-out questions ask."""
     spans: dict[str, set] = {}
-    for line in (train / "qa.jsonl").read_text().splitlines():
-        q = json.loads(line)
+    for q in _jsonl(train / "qa.jsonl"):
         if q["span"]:
             spans.setdefault(q["video"], set()).add(tuple(q["span"]))
     out = train / "curate_manifest.jsonl"
     lines = []
-    for line in (train / "manifest.jsonl").read_text().splitlines():
-        entry = json.loads(line)
+    for entry in _jsonl(train / "manifest.jsonl"):
         entry["segments"] = sorted(spans.get(entry["video"], []))
         entry["captions"] = entry["events"]  # the ground truth doubles as the captions
         lines.append(json.dumps(entry))
@@ -247,27 +342,36 @@ def stage_curate(s: DemoSettings, data: dict, base: Path) -> Path:
 
     out = s.root / "curate"
     pairs = out / "pairs.jsonl"
-    if pairs.is_file():
-        return pairs
     train = data["train"]
-    sample = str(s.temperature > 0).lower()
-    cfg = load_curate_config(None, [
-        f"input.videos={curation_manifest(train)}", "policy.kind=hf",
-        f"policy.path={base}", "policy.dtype=float32", "policy.device=cpu",
-        "policy.batch_size=16", "policy.max_new_tokens=16", f"policy.do_sample={sample}",
-        f"policy.temperature={s.temperature}", "query.kind=annotation",
-        "judge.kind=annotation", "captions.source=given", "queries.tasks_per_target=1",
-        f"responses.frames={s.frames}",
-        "responses.downsample_factor=4", "filter.rules=[empty, identical]",
-        f"filter.judge={str(s.judge).lower()}", f"run.output_dir={out}", f"run.seed={s.seed}",
-        f"run.progress={str(s.progress).lower()}"])
-    annotations = SyntheticQuestions(train / "manifest.jsonl", train / "qa.jsonl")
-    summary = run_curation(cfg, query_llm=annotations, judge_llm=annotations)
-    _log("curate:\n" + format_report(summary))
-    if not pairs.read_text().strip():
-        raise ValueError(f"curation kept no pairs (reasons in {out / 'dropped.jsonl'}); e.g. "
-                         "with temperature=0 a base that ignores the video answers alike from "
-                         "every frame plan")
+    if not pairs.is_file():
+        sample = str(s.temperature > 0).lower()
+        cfg = load_curate_config(None, [
+            f"input.videos={curation_manifest(train)}", "policy.kind=hf",
+            f"policy.path={base}", "policy.dtype=float32", "policy.device=cpu",
+            "policy.batch_size=16", "policy.max_new_tokens=6", f"policy.do_sample={sample}",
+            f"policy.temperature={s.temperature if s.temperature > 0 else 1.0}",
+            "query.kind=annotation", "judge.kind=annotation", "captions.source=given",
+            "queries.tasks_per_target=1", f"responses.frames={s.frames}",
+            "responses.downsample_factor=4",
+            f"responses.incomplete_fraction={s.incomplete_fraction}",
+            f"mix.localized={s.mix_localized}", f"mix.comprehensive={s.mix_comprehensive}",
+            "filter.rules=[empty, identical]", f"filter.judge={str(s.judge).lower()}",
+            f"run.output_dir={out}", f"run.seed={s.seed}",
+            f"run.progress={str(s.progress).lower()}"])
+        annotations = SyntheticQuestions(train / "manifest.jsonl", train / "qa.jsonl")
+        summary = run_curation(cfg, query_llm=annotations, judge_llm=annotations)
+        _log("curate:\n" + format_report(summary))
+    rows = _jsonl(pairs)
+    if not rows:
+        raise ValueError(f"curation kept no pairs (reasons in {out / 'dropped.jsonl'}); a base "
+                         "that answers alike from every frame plan gives only identical pairs")
+    quality_path = out / "pair_quality.json"
+    if not quality_path.is_file():
+        quality_path.write_text(json.dumps(pair_quality(rows, _jsonl(train / "qa.jsonl")),
+                                           indent=2))
+    quality = json.loads(quality_path.read_text())
+    _log("pair quality (chosen right and rejected wrong): " + ", ".join(
+        f"{k} {v['good']:.2f} of {v['n']}" for k, v in quality.items()))
     return pairs
 
 
@@ -290,16 +394,10 @@ def stage_control(s: DemoSettings, base: Path, pairs: Path) -> Path:
 
 # ---- stage 6: evaluation -------------------------------------------------------------------------
 def stage_eval(s: DemoSettings, data: dict, models: dict[str, Path]) -> dict:
-    from tpo_fast.curate.policy import load_video_llm
-    from tpo_fast.eval import evaluate, read_questions
-
-    questions = read_questions("synthetic", data["heldout"] / "qa.jsonl")
-    results = {}
-    for name, path in models.items():
-        model, tokenizer, _ = load_video_llm(str(path), None, "float32", "cpu")
-        out = evaluate(model, tokenizer, questions, method="loglik", frames=s.frames,
-                       batch_size=16, answer_format="letter_text", progress=s.progress)
-        results[name] = summary_of(out["loglik"])
+    results = {name: summary_of(_evaluate(s, path, data["heldout"] / "qa.jsonl")["loglik"])
+               for name, path in models.items()}
+    results["precondition"] = json.loads((s.root / "base" / "precondition.json").read_text())
+    results["pair_quality"] = json.loads((s.root / "curate" / "pair_quality.json").read_text())
     (s.root / "eval.json").write_text(json.dumps(results, indent=2))
     print(format_comparison(results))
     _plot(results, s.root / "eval.png")
@@ -320,18 +418,29 @@ def summary_of(loglik: dict) -> dict:
     return out
 
 
+def _models(results: dict) -> list[str]:
+    return [k for k in results if k not in ("precondition", "pair_quality")]
+
+
 def format_comparison(results: dict) -> str:
-    names = list(results)
+    names = _models(results)
     keys = ["overall", "localized", "comprehensive"]
-    keys += sorted({k for r in results.values() for k in r["by_task_type"]})
+    keys += sorted({k for n in names for k in results[n]["by_task_type"]})
     width = max(len(k) for k in keys) + 2
-    lines = ["held-out accuracy (multiple choice, option log-likelihood)",
-             "".ljust(width) + "".join(n.rjust(13) for n in names)]
+    lines = ["held-out accuracy (multiple choice, option log-likelihood, whole video; chance "
+             f"{CHANCE})", "".ljust(width) + "".join(n.rjust(13) for n in names)]
     for key in keys:
         cells = [results[n].get(key, results[n]["by_task_type"].get(key, float("nan")))
                  for n in names]
         lines.append(key.ljust(width) + "".join(f"{c:13.3f}" for c in cells))
     lines.append(f"({results[names[0]]['n']} questions)")
+    pre, quality = results.get("precondition"), results.get("pair_quality")
+    if pre:
+        lines.append(f"precondition: the base on held-out localized questions from the clip "
+                     f"{pre['base_clip']:.3f}, from the whole video {pre['base_full']:.3f}")
+    if quality:
+        lines.append("curated pairs with the chosen answer right and the rejected one wrong: "
+                     + ", ".join(f"{k} {v['good']:.2f} of {v['n']}" for k, v in quality.items()))
     return "\n".join(lines)
 
 
@@ -341,16 +450,29 @@ def _plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = _models(results)
     groups = ["overall", "localized", "comprehensive"]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    width = 0.8 / max(1, len(results))
-    for k, (name, res) in enumerate(results.items()):
-        values = [res.get(g, float("nan")) for g in groups]
+    fig, (ax, side) = plt.subplots(1, 2, figsize=(9, 3.4), width_ratios=[3, 2])
+    width = 0.8 / max(1, len(names))
+    for k, name in enumerate(names):
+        values = [results[name].get(g, float("nan")) for g in groups]
         ax.bar([i + k * width for i in range(len(groups))], values, width, label=name)
-    ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(groups))], groups)
-    ax.set_ylabel("held-out accuracy")
+    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(groups))], groups)
+    ax.axhline(CHANCE, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_ylabel("held-out accuracy (whole video)")
     ax.set_ylim(0, 1)
-    ax.legend()
+    ax.legend(fontsize=8)
+    pre, quality = results.get("precondition"), results.get("pair_quality")
+    bars = {}
+    if pre:
+        bars["base\nclip"], bars["base\nwhole"] = pre["base_clip"], pre["base_full"]
+    if quality:
+        bars["good\npairs"] = quality["all"]["good"]
+    side.bar(list(bars), list(bars.values()), color=["tab:green", "tab:red", "tab:purple"][
+        :len(bars)])
+    side.axhline(CHANCE, color="grey", linestyle="--", linewidth=1)
+    side.set_ylim(0, 1)
+    side.set_title("precondition (localized) and pair quality", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -385,7 +507,7 @@ def run_demo(s: DemoSettings, stage: str = "all") -> dict:
         return {"tpo": str(tpo), "control": str(control) if control else None}
     models = {"base": base, "tpo": tpo}
     if control is not None:
-        models["sft_control"] = control
+        models["control"] = control
     results = stage_eval(s, data, models)
     _log(f"done in {time.perf_counter() - start:.0f} s; results in {s.root / 'eval.json'}, "
          f"plot {s.root / 'eval.png'}")
@@ -393,41 +515,68 @@ def run_demo(s: DemoSettings, stage: str = "all") -> dict:
 
 
 # ---- the experiment: several seeds -------------------------------------------------------------
-def experiment_report(root: str | Path) -> dict:
-    """Mean and spread over the seed folders under ``root`` (each a finished demo run with its
-    ``eval.json``): overall, localized and comprehensive accuracy per model. Writes
-    ``root/summary.json`` and returns it."""
+SPLITS = ("overall", "localized", "comprehensive")
+
+
+def experiment_summary(per_seed_eval: dict[str, dict]) -> dict:
+    """The experiment's summary from each seed's ``eval.json``: ``{"seeds", "per_seed": {seed:
+    {model: {split: acc}}}, "mean": {...}, "sd": {...}}`` with models base, tpo, control
+    (those present), splits overall/localized/comprehensive, and ``base_clip``/``base_full``
+    (the precondition) and ``pair_quality`` (share of good pairs) as one-value entries."""
     import statistics
 
+    per_seed = {}
+    for seed, res in per_seed_eval.items():
+        row = {m: {k: res[m][k] for k in SPLITS} for m in ("base", "tpo", "control") if m in res}
+        row["base_clip"] = res["precondition"]["base_clip"]
+        row["base_full"] = res["precondition"]["base_full"]
+        row["pair_quality"] = res["pair_quality"]["all"]["good"]
+        per_seed[seed] = row
+    seeds = list(per_seed)
+    first = per_seed[seeds[0]]
+    mean, sd = {}, {}
+
+    def stats(values: list[float]) -> tuple[float, float]:
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    for key, value in first.items():
+        if isinstance(value, dict):
+            mean[key], sd[key] = {}, {}
+            for split in SPLITS:
+                mean[key][split], sd[key][split] = stats([per_seed[s][key][split]
+                                                          for s in seeds])
+        else:
+            mean[key], sd[key] = stats([per_seed[s][key] for s in seeds])
+    return {"seeds": seeds, "per_seed": per_seed, "mean": mean, "sd": sd}
+
+
+def experiment_report(root: str | Path, out: str | Path | None = None) -> dict:
+    """``experiment_summary`` of the seed folders under ``root`` (each a finished demo run with
+    its ``eval.json``, named ``seed<N>``), written to ``out`` (default ``root/summary.json``)."""
     runs = sorted(p.parent for p in Path(root).glob("*/eval.json"))
     if not runs:
         raise FileNotFoundError(f"no finished demo runs (*/eval.json) under {root}")
-    per_run = {r.name: json.loads((r / "eval.json").read_text()) for r in runs}
-    models = list(next(iter(per_run.values())))
-    summary = {"runs": list(per_run), "models": {}}
-    for model in models:
-        row = {}
-        for key in ("overall", "localized", "comprehensive"):
-            values = [res[model][key] for res in per_run.values() if model in res]
-            row[key] = {"mean": statistics.fmean(values),
-                        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-                        "values": values}
-        summary["models"][model] = row
-    (Path(root) / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = experiment_summary({r.name.removeprefix("seed"): json.loads(
+        (r / "eval.json").read_text()) for r in runs})
+    Path(out or Path(root) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def format_report(summary: dict) -> str:
-    lines = [f"held-out accuracy over {len(summary['runs'])} seed(s) (mean ± sd)",
-             f"{'model':14s}{'overall':>18s}{'localized':>18s}{'comprehensive':>18s}"]
-    for model, row in summary["models"].items():
-        cells = "".join(f"{row[k]['mean']:11.3f} ± {row[k]['sd']:.3f}"
-                        for k in ("overall", "localized", "comprehensive"))
-        lines.append(f"{model:14s}{cells}")
+    mean, sd = summary["mean"], summary["sd"]
+    lines = [f"held-out accuracy over seeds {', '.join(summary['seeds'])} (mean ± sd)",
+             f"{'model':10s}{'overall':>16s}{'localized':>16s}{'comprehensive':>16s}"]
+    for model in ("base", "tpo", "control"):
+        if model in mean:
+            cells = "".join(f"{mean[model][k]:9.3f} ± {sd[model][k]:.3f}" for k in SPLITS)
+            lines.append(f"{model:10s}{cells}")
+    for key in ("base_clip", "base_full", "pair_quality"):
+        lines.append(f"{key:14s}{mean[key]:.3f} ± {sd[key]:.3f}")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m tpo_fast.demo report runs/experiment
-    if len(sys.argv) != 3 or sys.argv[1] != "report":
-        sys.exit("usage: python -m tpo_fast.demo report RUNS_FOLDER")
-    print(format_report(experiment_report(sys.argv[2])))
+if __name__ == "__main__":  # python -m tpo_fast.demo report runs/experiment [OUT.json]
+    if len(sys.argv) not in (3, 4) or sys.argv[1] != "report":
+        sys.exit("usage: python -m tpo_fast.demo report RUNS_FOLDER [OUT.json]")
+    print(format_report(experiment_report(sys.argv[2], sys.argv[3] if len(sys.argv) == 4
+                                          else None)))
