@@ -87,10 +87,9 @@ class FastDPOTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch: PackedBatch = inputs["batch"]
-        # the forward goes through the (possibly DDP-wrapped) model, so its hooks run
-        hidden = model(batch)
-        policy = self.accelerator.unwrap_model(model)
-        loss, metrics = batch_loss(policy, batch, hidden=hidden, **self.loss_options)
+        # the whole loss inside the (possibly DDP-wrapped) model's forward: the LM head is used
+        # there, so DDP's gradient hooks see every parameter exactly once
+        loss, metrics = model(batch, loss=self.loss_options)
         if model.training:
             self._record(metrics)
         return (loss, metrics) if return_outputs else loss

@@ -116,7 +116,19 @@ class PreferenceModel(nn.Module):
             )
         return hidden[0].index_select(0, batch.logit_index.to(device, non_blocking=True))
 
-    forward = hidden_states
+    def forward(self, batch: PackedBatch, loss: dict | None = None):
+        """``hidden_states(batch)``; with ``loss`` (``tpo_fast.kernels.preference_loss``
+        keywords: beta, sft_weight, loss_type, ...) the batch's ``(loss, metrics)`` instead,
+        computed inside this forward, so a DDP / FSDP wrapper sees the LM head used in it."""
+        if loss is None:
+            return self.hidden_states(batch)
+        from tpo_fast.kernels import preference_loss
+
+        hidden = self.hidden_states(batch)
+        device = hidden.device
+        ref = None if batch.ref_logps is None else batch.ref_logps.to(device)
+        return preference_loss(hidden, self.lm_head_weight(), batch.target_ids.to(device),
+                               batch.seq_id.to(device), ref, num_pairs=batch.n_pairs, **loss)
 
     def policy_logps(self, batch: PackedBatch, features=None) -> torch.Tensor:
         """[n, 2] float32 summed log-probs of the chosen and rejected responses (token log-probs
