@@ -305,3 +305,51 @@ def test_sft_pairs_read_with_the_pairs_reader(split):
 def test_bad_arguments_are_refused(tmp_path, kwargs):
     with pytest.raises(ValueError):
         generate_split(tmp_path, 1, 0, **kwargs)
+
+
+# ---- the demo's search task (tpo_fast.synthetic.search) ----------------------------------------
+
+def test_search_split_frames_questions_and_clips(tmp_path):
+    from tpo_fast.synthetic.search import ANSWER_COLOURS, COLOURS, generate_search_split
+    from tpo_fast.video import FramePlan, probe
+
+    made = generate_search_split(tmp_path / "train", 6, seed=4)
+    qa = read_jsonl(made["qa"])
+    manifest = {m["video"]: m for m in read_jsonl(made["manifest"])}
+
+    def colour_of(pixel) -> str:  # the nearest palette colour
+        return min(COLOURS, key=lambda c: np.linalg.norm(pixel.astype(float) - COLOURS[c]))
+
+    for q in qa:
+        assert q["options"] == list(ANSWER_COLOURS)
+        frames = decode(tmp_path / "train" / q["video"])
+        assert len(frames) == 48  # 4 segments x 3 s x 4 fps
+        # every segment's answer colour (rows 4-7 of its first frame); the answers are the
+        # four option colours once each, so every wrong option is on screen somewhere
+        answers = [colour_of(frames[12 * k][5, 8]) for k in range(4)]
+        assert sorted(answers) == sorted(ANSWER_COLOURS)
+        seg = q["segment"]
+        assert q["options"][q["answer"]] == answers[seg]
+        if q["task_type"] == "localized/under":
+            cue = q["question"].split()[-2]
+            assert colour_of(frames[12 * seg][1, 8]) == cue  # the cue rows 0-3
+            striped = [k for k in range(4) if colour_of(frames[12 * k][1, 8]) != answers[k]]
+            assert striped == [seg]  # the other segments are solid
+            # the segment plan of its span holds only that segment's frames
+            plan = FramePlan.segment(probe(tmp_path / "train" / q["video"]), *q["span"], 8)
+            assert all(12 * seg <= i < 12 * (seg + 1) for i in plan.indices)
+            events = manifest[q["video"]]["events"]
+            assert events[seg]["text"] == f"{cue} over {answers[seg]}"
+        else:
+            assert seg == (0 if q["task_type"] == "comprehensive/first" else 3)
+    clips = read_jsonl(made["clips"])
+    assert len(clips) == sum(q["span"] is not None for q in qa) == 6
+    for c in clips:  # a clip is its segment of the full video
+        clip, full = decode(tmp_path / "train" / c["video"]), decode(
+            tmp_path / "train" / c["full_video"])
+        assert len(clip) == 12
+        k = c["segment"]
+        assert np.abs(clip.astype(int) - full[12 * k:12 * (k + 1)].astype(int)).max() <= 8
+    # a held-out split that excludes the train videos shares none of them
+    heldout = generate_search_split(tmp_path / "heldout", 6, seed=5, exclude=made["plans"])
+    assert not heldout["plans"] & made["plans"] and len(heldout["plans"]) == 6

@@ -1,32 +1,34 @@
-"""The demo's search task: a long video of cue/answer segments, and questions that name a cue.
+"""The demo's search task: a long video with one relevant segment among conflicting ones.
 
-A video is ``segments`` segments of ``segment_seconds`` each. Segment ``i`` fills every frame
-with horizontal stripes four pixels high, alternating its *cue* colour (rows 0-3 of every
-8-row band) and its *answer* colour (rows 4-7). All the cue and answer colours of a video are
-different. Qwen-VL sees a frame as 4x4-pixel patches merged 2x2, so every visual token of a
-frame carries both colours of its segment.
+A video is ``segments`` segments of ``segment_seconds`` each; the answer colours (red, green,
+blue, yellow) appear once each, one per segment. With ``distractors="solid"`` (the demo) one
+segment, at a random place, fills every frame with horizontal stripes four pixels high: its
+*cue* colour (rows 0-3 of every 8-row band; white, black, purple, orange, pink or cyan) over its
+*answer* colour (rows 4-7); the other segments are solid answer colours. With ``"cued"`` every
+segment is striped with its own cue. Qwen-VL sees a frame as 4x4-pixel patches merged 2x2, so
+every visual token of a striped frame carries both of its colours.
 
-Questions (four options each; the options are the video's answer colours, so every wrong
-option is an answer that another segment shows):
+Questions (the options are always A. red, B. green, C. blue, D. yellow, so a letter always
+means the same colour, and every wrong option is a colour the video also shows):
 
-* ``localized/under``   "which colour was under red ?": the answer colour of the segment whose
-  cue is red. ``span`` is that segment's [t0, t1] (t1 = its last frame's time, so the segment
-  plan holds only its frames);
+* ``localized/under``   "which colour was under purple ?": the answer colour of the segment
+  whose cue is purple. ``span`` is that segment's [t0, t1] (t1 = its last frame's time, so the
+  segment plan holds only its frames);
 * ``comprehensive/first`` / ``comprehensive/last``  "which colour came first ?": the answer
   colour of the first / last segment (``span`` None).
 
-Shown only the relevant segment (a "clip"), a model that reads the frames can answer a
-localized question without using the cue: there is one answer colour on screen. Shown the
-whole video it has to find the segment whose cue the question names; a model trained on clips
-only has never had to, and the other segments' answer colours are the conflicting cues that
-confuse it. That is the precondition of TPO (a base that is right on the clip and lost in the
-long video).
+Shown only the relevant segment (a "clip"), a model that reads the frames answers a localized
+question easily: one answer colour is on screen. Shown the whole video it has to find that
+segment among others that show the wrong options; a model trained on clips only has never had
+to. That is TPO's precondition (a base that is right on the clip and lost in the long video).
 
-Files under ``out_dir`` (the ``generate`` formats; video paths relative to ``out_dir``):
-``videos/video_00000.mp4``, ``manifest.jsonl`` (events = one per segment), ``qa.jsonl`` (plus
+Files under ``out_dir`` (video paths relative to ``out_dir``): ``videos/video_00000.mp4``,
+``manifest.jsonl`` (``{"video", "duration", "events"}``, one event per segment, read by the
+curation), ``qa.jsonl`` (the ``tpo_fast.synthetic`` question fields plus ``"segment"`` and
 ``"mc_prompt"``: the question with its options on one line, what the curation asks), and
 ``clips/`` with ``clips.jsonl``: every localized question again, its video the relevant
-segment alone (to measure the precondition, and the clip-only warm-up's inputs).
+segment alone (``"full_video"`` names the whole one), for the clip-only warm-up and the
+precondition.
 """
 
 from __future__ import annotations
