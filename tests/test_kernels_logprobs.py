@@ -9,7 +9,12 @@ import warnings
 
 import pytest
 import torch
-from tpo_fast.kernels import chunked_linear_logprobs, fused_linear_logprobs, naive_linear_logprobs
+from conftest import on_test_device
+from tpo_fast.kernels import chunked_linear_logprobs, naive_linear_logprobs
+from tpo_fast.kernels import fused_linear_logprobs as _fused_linear_logprobs
+
+# the fused kernels run on TPO_FAST_TEST_DEVICE; inputs and ground truths are built on the CPU
+fused_linear_logprobs = on_test_device(_fused_linear_logprobs)
 
 pytestmark = pytest.mark.usefixtures("nan_empty")
 
@@ -220,7 +225,7 @@ import os, sys
 sys.path.insert(0, {tests!r})
 import torch
 from test_kernels_logprobs import make_inputs, truth_and_naive, run, check_all
-from tpo_fast.kernels import fused_linear_logprobs
+from test_kernels_logprobs import fused_linear_logprobs  # on TPO_FAST_TEST_DEVICE
 import tpo_fast.kernels.fused_logprobs as fl
 assert fl._AUTOTUNE
 for dtype in (torch.float32, torch.float16):

@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tpo_fast.kernels import dpo_sft_loss, naive_linear_logprobs, preference_loss
+from conftest import TEST_DEVICE, on_test_device
+from tpo_fast.kernels import dpo_sft_loss, naive_linear_logprobs
+from tpo_fast.kernels import preference_loss as _preference_loss
+
+# impl="triton" runs on TPO_FAST_TEST_DEVICE; inputs and ground truths are built on the CPU
+preference_loss = on_test_device(_preference_loss, impls=("triton",))
 
 pytestmark = pytest.mark.usefixtures("nan_empty")
 
@@ -236,8 +241,8 @@ def test_one_pair_of_one_token_responses(dtype):
 
 def test_auto_impl_on_cpu_is_the_chunked_reference():
     hidden, weight, targets, seq_id = make_batch(40, 16, 257, 4, torch.float32, seed=4)
-    auto = preference_loss(hidden, weight, targets, seq_id, None, 0.1, ALPHA)
-    chunked = preference_loss(hidden, weight, targets, seq_id, None, 0.1, ALPHA, impl="chunked")
+    auto = _preference_loss(hidden, weight, targets, seq_id, None, 0.1, ALPHA)
+    chunked = _preference_loss(hidden, weight, targets, seq_id, None, 0.1, ALPHA, impl="chunked")
     assert torch.equal(auto[0], chunked[0])
 
 
@@ -314,11 +319,13 @@ def test_benchmark_smoke(tmp_path):
 def test_weight_released_before_backward_is_a_clear_error(impl):
     """ZeRO-3 empties a partitioned parameter outside its gathered scope; the saved weight must
     not silently become an empty tensor in the backward."""
-    hidden, weight, targets, seq_id = make_batch(20, 16, 257, 2, torch.float32, seed=1)
+    device = TEST_DEVICE if impl == "triton" else "cpu"  # the parameter itself, on its device
+    hidden, weight, targets, seq_id = (x.to(device) for x in make_batch(20, 16, 257, 2,
+                                                                         torch.float32, seed=1))
     h = hidden.clone().requires_grad_()
     w = weight.clone().requires_grad_()
-    loss, _ = preference_loss(h, w, targets, seq_id, None, 0.1, ALPHA, impl=impl)
-    w.data = torch.empty(0)  # what ZeRO-3's partitioning does to the parameter's data
+    loss, _ = _preference_loss(h, w, targets, seq_id, None, 0.1, ALPHA, impl=impl)
+    w.data = torch.empty(0, device=device)  # what ZeRO-3's partitioning does to its data
     with pytest.raises(RuntimeError, match="released or partitioned"):
         loss.backward()
 

@@ -22,6 +22,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import on_test_device
 from tpo_fast.kernels import (
     LOSS_TYPES,
     NEEDS_REFERENCE,
@@ -29,8 +30,11 @@ from tpo_fast.kernels import (
     dpo_sft_loss,
     naive_linear_logprobs,
     pair_losses,
-    preference_loss,
 )
+from tpo_fast.kernels import preference_loss as _preference_loss
+
+# impl="triton" runs on TPO_FAST_TEST_DEVICE; inputs and ground truths are built on the CPU
+preference_loss = on_test_device(_preference_loss, impls=("triton",))
 
 pytestmark = pytest.mark.usefixtures("nan_empty")
 

@@ -79,6 +79,7 @@ def train_args(folder, pairs, out, *extra, config=TINY):
             f"run.output_dir={out}", *QUIET, *extra]
 
 
+@pytest.mark.multiprocess_cpu
 def test_zero3_live_reference_from_a_folder_equals_zero0(folders, pairs, tmp_path):
     """The crash of a ZeRO-3 run with a live reference (a deep copy of a partitioned model):
     now the reference is loaded from the folder under the same HfDeepSpeedConfig."""
@@ -94,6 +95,7 @@ def test_zero3_live_reference_from_a_folder_equals_zero0(folders, pairs, tmp_pat
     assert json.loads((tmp_path / "z3" / "summary.json").read_text())["reference"] == "model"
 
 
+@pytest.mark.multiprocess_cpu
 def test_lora_zero3_equals_zero0_and_the_export_is_the_merge(folders, pairs, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
@@ -127,6 +129,7 @@ def test_lora_zero3_equals_zero0_and_the_export_is_the_merge(folders, pairs, tmp
         torch.testing.assert_close(z3[name], z0[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.multiprocess_cpu
 def test_ref_logps_on_two_processes_equals_one(folders, pairs, tmp_path):
     folder = folders["llava_onevision"]
     common = ["model.tiny=null", f"model.path={folder}", f"data.train={pairs}", *QUIET]
@@ -165,6 +168,7 @@ def preset_pairs(tmp_path_factory):
     return make_pairs(tmp_path_factory.mktemp("preset_pairs"), n_pairs=130, n_videos=8, seed=1)
 
 
+@pytest.mark.multiprocess_cpu
 @pytest.mark.parametrize("preset", sorted(PRESET_FAMILY))
 def test_preset_runs_two_steps_on_two_processes(preset, folders, preset_pairs, tmp_path):
     """The preset's ZeRO stage, reference, gradient checkpointing, dtype and LoRA as written.
