@@ -84,7 +84,7 @@ SHAPES = {
                 dtype="float32", reps=3),
     "cuda": dict(text=dict(QWEN2_7B_TEXT, num_hidden_layers=4), vision=SIGLIP_SO400M,
                  frames=(32, 128), prompt_tokens=None, response_tokens=256, pairs_per_step=2,
-                 dtype="bfloat16", reps=3),
+                 dtype="bfloat16", reps=2),
     "smoke": dict(text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                             num_attention_heads=4, num_key_value_heads=2, vocab_size=None),
                   vision=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -147,8 +147,9 @@ def build_model(config, device, dtype):
     from transformers import LlavaOnevisionForConditionalGeneration
 
     torch.manual_seed(0)
-    model = LlavaOnevisionForConditionalGeneration._from_config(
-        config, attn_implementation="sdpa", dtype=dtype)
+    with torch.device(device):  # initialised where it runs (a 7B-shape init on the host is slow)
+        model = LlavaOnevisionForConditionalGeneration._from_config(
+            config, attn_implementation="sdpa", dtype=dtype)
     return model.to(device).train()
 
 
@@ -579,11 +580,20 @@ def run_shape(shape: dict, frames: int, device: str, dtype, reps: int, arms=ARMS
     counts = parameter_counts(bench.model, bench.policy)
     peak = matmul_peak(dev, dtype)
     # the equal-loss check and warm-up: the first step of every arm from the same weights
-    check = {}
+    check, failed = {}, {}
     for arm in arms:
         bench.reset_weights()
-        check[arm] = bench.step(arm)
+        try:
+            check[arm] = bench.step(arm)
+        except torch.OutOfMemoryError as exc:  # e.g. the standard rows' full logits
+            failed[arm] = f"out of memory: {exc}"[:300]
+            bench.optimizer.zero_grad(set_to_none=True)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            print(f"  check {arm}: {failed[arm][:80]}", file=sys.stderr, flush=True)
+            continue
         print(f"  check {arm}: loss {check[arm]:.6f}", file=sys.stderr, flush=True)
+    arms = tuple(a for a in arms if a not in failed)
     bench.reset_weights()
     bench.ref_pass()
     times = {a: [] for a in (*arms, "reference_pass")}
@@ -617,15 +627,18 @@ def run_shape(shape: dict, frames: int, device: str, dtype, reps: int, arms=ARMS
             "mfu": flops["total"] / per_step / peak["flops_per_s"],
             "loss_at_step_0": check[arm],
         }
-    base = results["standard"]["pairs_per_s"] if "standard" in results else None
-    fast = results["fast"]["pairs_per_s"] if "fast" in results else None
+    results.update({arm: {"error": why} for arm, why in failed.items()})
+    base = results["standard"]["pairs_per_s"] if "standard" in check else None
+    fast = results["fast"]["pairs_per_s"] if "fast" in check else None
     for arm, entry in results.items():
+        if "error" in entry:
+            continue
         if base:
             entry["speedup_vs_standard"] = entry["pairs_per_s"] / base
         if fast and arm in SAVING:
             entry["saving_turned_off"] = SAVING[arm]
             entry["fast_speedup_over_this"] = fast / entry["pairs_per_s"]
-    ref_loss = check.get("standard", check.get("fast"))
+    ref_loss = check.get("standard", check.get("fast", 0.0))
     diffs = {arm: abs(v - ref_loss) / max(abs(ref_loss), 1e-12) for arm, v in check.items()}
     lm_layers = bench.config.text_config.num_hidden_layers
     return {
@@ -640,7 +653,7 @@ def run_shape(shape: dict, frames: int, device: str, dtype, reps: int, arms=ARMS
         "matmul_peak": peak,
         "reference_pass_s": {"median": ref_s, "all": times["reference_pass"]},
         "equal_loss": {"losses": check, "relative_difference": diffs, "rtol": loss_rtol,
-                       "passed": all(d <= loss_rtol for d in diffs.values())},
+                       "passed": len(check) > 1 and all(d <= loss_rtol for d in diffs.values())},
         "arms": results,
         "speedup": fast / base if base and fast else None,
     }
@@ -686,15 +699,18 @@ def main(argv=None) -> int:
         if device == "cuda":
             torch.cuda.empty_cache()
     wall = time.perf_counter() - start
-    ok = [r for r in runs if "speedup" in r]
+    ok = [r for r in runs if "arms" in r]
     payload = {
         "speedup": ok[0]["speedup"] if ok else None,
         "speedup_note": "fast pairs/s ÷ standard pairs/s at the first shape (frames "
                         f"{ok[0]['frames'] if ok else '-'}); every shape's is under runs",
         "equal_loss_passed": all(r["equal_loss"]["passed"] for r in ok) if ok else False,
-        "ablation": {r["frames"]: {arm: {"saving_turned_off": e["saving_turned_off"],
-                                         "pairs_per_s": e["pairs_per_s"],
-                                         "fast_speedup_over_this": e["fast_speedup_over_this"]}
+        "ablation": {r["frames"]: {arm: ({"saving_turned_off": SAVING[arm], "error": e["error"]}
+                                         if "error" in e else
+                                         {"saving_turned_off": SAVING[arm],
+                                          "pairs_per_s": e["pairs_per_s"],
+                                          "fast_speedup_over_this": e.get(
+                                              "fast_speedup_over_this")})
                                    for arm, e in r["arms"].items() if arm in SAVING}
                      for r in ok},
         "config": {"shape": shape, "device": device, "dtype": str(dtype), "reps": reps,
@@ -722,12 +738,15 @@ def main(argv=None) -> int:
         print(f"frames {r['frames']}, {r['pairs_per_step']} pairs/step, prompt "
               f"{r['lengths'][0]['prompt']} tokens, LM layers {r['lm_layers']}")
         for arm, e in r["arms"].items():
+            if "error" in e:
+                print(f"  {arm:26s} {e['error'][:70]}")
+                continue
             mem = e["peak_extra_memory_bytes"]
             print(f"  {arm:26s} {e['step_s']['median']:8.3f} s  {e['pairs_per_s']:8.3f} pairs/s"
                   f"  x{e.get('speedup_vs_standard', float('nan')):5.2f}  mfu {e['mfu']:.3f}"
                   + (f"  mem {mem / 2**20:8.1f} MiB" if mem is not None else "")
                   + f"  loss {e['loss_at_step_0']:.6f}")
-        print(f"  equal loss: {r['equal_loss']['passed']}  speedup {r['speedup']:.3f}")
+        print(f"  equal loss: {r['equal_loss']['passed']}  speedup {r['speedup']}")
     print(f"wall {wall:.1f} s; written to {path}")
     return 0 if payload["equal_loss_passed"] else 1
 

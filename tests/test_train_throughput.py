@@ -73,3 +73,16 @@ def test_scaled_vocab_gives_qwen2_7b_head_share():
     layers = text["num_hidden_layers"] * tt.linear_params(text)
     assert head / (layers + 2 * head) == pytest.approx(tt.qwen2_7b_head_fraction(), rel=1e-2)
     assert 0.06 < tt.qwen2_7b_head_fraction() < 0.08
+
+
+def test_an_arm_out_of_memory_is_recorded_and_the_rest_measured(monkeypatch):
+    def oom(self):
+        raise torch.OutOfMemoryError("full logits")
+
+    monkeypatch.setattr(tt.Bench, "step_standard", oom)
+    run = tt.run_shape(tt.SHAPES["smoke"], 2, "cpu", torch.float32, reps=1,
+                       arms=("standard", "fast", "no_packing"))
+    assert "out of memory" in run["arms"]["standard"]["error"]
+    assert run["speedup"] is None
+    assert run["arms"]["no_packing"]["pairs_per_s"] > 0
+    assert run["equal_loss"]["passed"]  # fast and no_packing agree
