@@ -223,14 +223,28 @@ class PackedAttention:
 
 
 def _sdpa(packed, q, k, v, scale, dropout):
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    out = F.scaled_dot_product_attention(
-        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-        attn_mask=packed.dense_mask(q.device), dropout_p=dropout, scale=scale,
-    )
-    return out.transpose(0, 1)
+    """One SDPA call per segment on 4-D views: a prompt+chosen segment is plain causal
+    (``is_causal``); a rejected segment's queries see the whole prompt and their own causal
+    prefix (a small [R, P+R] bottom-right mask). PyTorch's fused CPU kernel takes only 4-D
+    inputs; a dense [T, Σk] mask over the micro-batch on [H, T, D] tensors ran its math kernel
+    (66% of a reference pass in benchmarks/train_throughput's profile, and quadratic in the
+    micro-batch)."""
+    cu_q, cu_k = packed.host_cu_seqlens_q, packed.host_cu_seqlens_k
+    gqa = q.shape[1] != k.shape[1]
+    outs = []
+    for s in range(len(cu_q) - 1):
+        qs = q[cu_q[s]:cu_q[s + 1]].transpose(0, 1)[None]  # [1, H, Lq, D]
+        ks = k[cu_k[s]:cu_k[s + 1]].transpose(0, 1)[None]
+        vs = v[cu_k[s]:cu_k[s + 1]].transpose(0, 1)[None]
+        lq, lk = qs.shape[2], ks.shape[2]
+        mask = None
+        if lq != lk:  # query j sees key slots <= j + (Lk - Lq)
+            mask = (torch.arange(lk, device=q.device)[None, :]
+                    <= torch.arange(lq, device=q.device)[:, None] + (lk - lq))
+        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=mask is None,
+                                             dropout_p=dropout, scale=scale, enable_gqa=gqa)
+        outs.append(out[0].transpose(0, 1))
+    return torch.cat(outs)
 
 
 def _flash_attn(packed, q, k, v, scale, dropout):
