@@ -61,9 +61,9 @@ def _segment_frames(info: VideoInfo, t0: float, t1: float) -> tuple[int, int]:
     if t0 < 0 or t1 > info.duration + slack:
         raise ValueError(f"segment [{t0}, {t1}] s is outside the video "
                          f"[0, {info.duration:.6g}] s ({info.path})")
-    eps = 1e-9
-    first = max(0, math.ceil(t0 * info.fps - eps))
-    last = min(info.num_frames - 1, math.floor(t1 * info.fps + eps))
+    eps = 1e-9  # seconds: a frame within a nanosecond of a bound counts as inside
+    first = max(0, math.ceil((t0 - eps) * info.fps))
+    last = min(info.num_frames - 1, math.floor((t1 + eps) * info.fps))
     if first > last:
         raise ValueError(f"segment [{t0}, {t1}] s contains no frame (frames are {1 / info.fps:.4g}"
                          f" s apart, {info.path})")
