@@ -46,6 +46,8 @@ def prefix_shared_attention_forward(module, query, key, value, attention_mask, d
         )
     if query.shape[0] != 1:
         raise ValueError(f"a packed micro-batch has batch size 1, got {query.shape[0]}")
+    if hasattr(packed, "attend_shard"):  # sequence parallel: tpo_fast.sequence_parallel
+        return packed.attend_shard(module, query, key, value, dropout, scaling)
     out = packed.attend(query[0].transpose(0, 1), key[0].transpose(0, 1),
                         value[0].transpose(0, 1), scale=scaling, dropout=dropout)
     return out.unsqueeze(0), None

@@ -42,6 +42,7 @@ class PreferenceModel(nn.Module):
             raise ValueError(f"unknown attention backend {attention_backend!r}; choose from "
                              f"{BACKENDS}")
         self.attention_backend = attention_backend
+        self.sequence_parallel = None  # tpo_fast.sequence_parallel.SequenceParallel
         self.adapter.use_attention(register())
         projector = {id(p) for p in self.adapter.projector_parameters()}
         for p in self.adapter.vision_tower().parameters():
@@ -85,6 +86,25 @@ class PreferenceModel(nn.Module):
         return pack_pairs(prompts, chosen_ids, rejected_ids, videos=videos,
                           position_ids_fn=self.adapter.position_ids_fn(prompts, videos), **kwargs)
 
+    # ---- sequence parallelism ----------------------------------------------------------------
+    def enable_sequence_parallel(self, sp) -> None:
+        """Run packed forwards split over an SP group (``tpo_fast.sequence_parallel``): every
+        rank of the group passes the same micro-batch, each runs its token shard."""
+        self.sequence_parallel = sp
+
+    def shard(self, batch: PackedBatch) -> PackedBatch:
+        """``batch`` with this rank's ShardPlan (host work: call it before ``batch.to``); the
+        batch itself without sequence parallelism."""
+        sp = self.sequence_parallel
+        if sp is None or batch.shard is not None:
+            return batch
+        from dataclasses import replace
+
+        from tpo_fast.sequence_parallel import shard_plan
+
+        return replace(batch, shard=shard_plan(batch, sp.size, sp.rank,
+                                               self.adapter.video_token_id))
+
     # ---- forward -----------------------------------------------------------------------------
     def encode_videos(self, videos: list):
         """Vision tower + projector over all videos (pair order) in one call per micro-batch."""
@@ -108,6 +128,8 @@ class PreferenceModel(nn.Module):
         if features is None:
             features = self.encode_videos(batch.videos)
         packed = PackedAttention.from_batch(batch, self.attention_backend, device)
+        if self.sequence_parallel is not None:
+            return self._shard_hidden_states(self.shard(batch), features, packed)
         with packed_forward():
             hidden = self.adapter.decoder_hidden_states(
                 batch.input_ids[None].to(device, non_blocking=True),
@@ -115,6 +137,40 @@ class PreferenceModel(nn.Module):
                 features, **{PACKED_KWARG: packed},
             )
         return hidden[0].index_select(0, batch.logit_index.to(device, non_blocking=True))
+
+    def _shard_hidden_states(self, batch: PackedBatch, features, packed) -> torch.Tensor:
+        """Sequence parallel: [N_r, H] hidden states of this rank's scored tokens
+        (``batch.shard.scored``), from the forward of its token shard."""
+        from tpo_fast.sequence_parallel import ShardedAttention, shard_features
+
+        plan, device = batch.shard, self.device
+        total = sum(self.adapter.num_video_tokens(v) for v in batch.videos)
+        features = shard_features(features, *plan.video_rows, total)
+        positions = torch.arange(plan.start, plan.start + plan.length, device=device)[None]
+        attention = ShardedAttention(packed, self.sequence_parallel, positions)
+        with packed_forward():
+            hidden = self.adapter.decoder_hidden_states(
+                plan.input_ids[None].to(device, non_blocking=True),
+                self.adapter.model_position_ids(plan.position_ids).to(device, non_blocking=True),
+                features, **{PACKED_KWARG: attention},
+            )
+        return hidden[0].index_select(0, plan.local_rows.to(device, non_blocking=True))
+
+    def token_logps(self, batch: PackedBatch, features=None) -> torch.Tensor:
+        """[N] float32 log-prob of every scored token (``batch.logit_index`` order); under
+        sequence parallelism each rank scores its shard's tokens and the group joins them."""
+        from tpo_fast.kernels import linear_logprobs
+
+        hidden = self.hidden_states(batch, features)
+        device = hidden.device
+        if self.sequence_parallel is None:
+            return linear_logprobs(hidden, self.lm_head_weight(), batch.target_ids.to(device))
+        from tpo_fast.sequence_parallel import gather_scored
+
+        plan = self.shard(batch).shard
+        targets = batch.target_ids.to(device).index_select(0, plan.scored.to(device))
+        local = linear_logprobs(hidden, self.lm_head_weight(), targets)
+        return gather_scored(local, plan, self.sequence_parallel)
 
     def forward(self, batch: PackedBatch, loss: dict | None = None):
         """``hidden_states(batch)``; with ``loss`` (``tpo_fast.kernels.preference_loss``
@@ -124,6 +180,14 @@ class PreferenceModel(nn.Module):
             return self.hidden_states(batch)
         from tpo_fast.kernels import preference_loss
 
+        if self.sequence_parallel is not None:
+            from tpo_fast.kernels import dpo_sft_loss
+
+            token_logps = self.token_logps(batch)
+            device = token_logps.device
+            ref = None if batch.ref_logps is None else batch.ref_logps.to(device)
+            return dpo_sft_loss(token_logps, batch.seq_id.to(device), ref,
+                                num_pairs=batch.n_pairs, **loss)
         hidden = self.hidden_states(batch)
         device = hidden.device
         ref = None if batch.ref_logps is None else batch.ref_logps.to(device)
@@ -133,10 +197,7 @@ class PreferenceModel(nn.Module):
     def policy_logps(self, batch: PackedBatch, features=None) -> torch.Tensor:
         """[n, 2] float32 summed log-probs of the chosen and rejected responses (token log-probs
         from ``tpo_fast.kernels.linear_logprobs``: fused Triton on CUDA, chunked elsewhere)."""
-        from tpo_fast.kernels import linear_logprobs
-
-        hidden = self.hidden_states(batch, features)
-        token_logps = linear_logprobs(hidden, self.lm_head_weight(),
-                                      batch.target_ids.to(hidden.device))
-        sums = torch.zeros(2 * batch.n_pairs, dtype=torch.float32, device=hidden.device)
-        return sums.index_add(0, batch.seq_id.to(hidden.device), token_logps).view(-1, 2)
+        token_logps = self.token_logps(batch, features)
+        device = token_logps.device
+        sums = torch.zeros(2 * batch.n_pairs, dtype=torch.float32, device=device)
+        return sums.index_add(0, batch.seq_id.to(device), token_logps).view(-1, 2)

@@ -160,6 +160,8 @@ class PackedBatch(PackedIndices):
     pair_ids    [n]     int64 or None  the pairs' indices in the dataset
     videos      list of n per-pair video inputs (dicts of tensors; moved by ``to``), or None
     is_padding  bool    a bin that only keeps its rank busy (weight its loss 0)
+    shard       this rank's ``tpo_fast.sequence_parallel.ShardPlan`` (host tensors) when the
+                batch runs sequence parallel, set by ``PreferenceModel.shard``; else None
     """
 
     input_ids: torch.Tensor
@@ -168,6 +170,7 @@ class PackedBatch(PackedIndices):
     pair_ids: torch.Tensor | None = None
     videos: list | None = None
     is_padding: bool = False
+    shard: object | None = None
 
     def to(self, device, non_blocking: bool = False) -> PackedBatch:
         def move(x):

@@ -96,6 +96,13 @@ class TPOObjective(nn.Module):
         if lora_reference:  # tower and projector are frozen: the same features serve both
             with self._as_reference():
                 ref_logps = self.policy.policy_logps(batch, features)
+        if self.policy.sequence_parallel is not None:  # token log-probs joined over the group
+            token_logps = self.policy.token_logps(batch, features)
+            device = token_logps.device
+            kwargs = self._loss_kwargs(batch, dpo_normalizer, sft_normalizer,
+                                       token_logps.is_cuda)
+            return dpo_sft_loss(token_logps, batch.seq_id.to(device),
+                                None if ref_logps is None else ref_logps.to(device), **kwargs)
         hidden = self.policy.hidden_states(batch, features)
         device = hidden.device
         kwargs = self._loss_kwargs(batch, dpo_normalizer, sft_normalizer, hidden.is_cuda)
