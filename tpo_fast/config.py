@@ -98,6 +98,12 @@ class DeepSpeedConfig:
     zero_stage: int = 3
     offload_optimizer: bool = False
     offload_params: bool = False
+    # Ulysses sequence parallelism: ranks form DP x SP groups; an SP group splits each packed
+    # micro-batch along the tokens (tpo_fast/sequence_parallel.py). 1: off
+    sequence_parallel_size: int = 1
+    # ALST's TiledMLP: the language model's MLPs run over token tiles (activation memory of a
+    # tile instead of the shard); 0: off, N: tiles per MLP call
+    tiled_mlp: int = 0
 
 
 @dataclass
@@ -158,6 +164,12 @@ class TrainConfig:
             (len(self.optim.adam_betas) == 2, "optim.adam_betas must hold two numbers"),
             (self.deepspeed.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage must be 0-3"),
             (self.run.path in ("fast", "slow"), "run.path must be fast or slow"),
+            (self.deepspeed.sequence_parallel_size >= 1,
+             "deepspeed.sequence_parallel_size must be >= 1"),
+            (self.deepspeed.sequence_parallel_size == 1 or self.run.path == "fast",
+             "deepspeed.sequence_parallel_size > 1 needs run.path=fast (the slow path runs "
+             "unpacked rows on one rank)"),
+            (self.deepspeed.tiled_mlp >= 0, "deepspeed.tiled_mlp must be >= 0 (0: off)"),
             (self.run.save_every >= 0, "run.save_every must be >= 0"),
             (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
         ]

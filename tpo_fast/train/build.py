@@ -39,6 +39,9 @@ class TrainingParts:
     total_steps: int
     engine: object
     scheduler: object
+    dp_world: int  # data-parallel replicas: world / deepspeed.sequence_parallel_size
+    dp_rank: int
+    sp: object | None  # tpo_fast.sequence_parallel.SequenceParallel (None: SP off)
     ref_scorer: object | None  # a separate live reference (None: precomputed, LoRA or none)
     keep_alive: list  # HfDeepSpeedConfig objects: ZeRO-3 builds read them while models live
 
@@ -49,9 +52,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def plan_epoch(cfg: TrainConfig, lengths, world: int, epoch: int):
+def plan_epoch(cfg: TrainConfig, lengths, dp_world: int, epoch: int):
+    """The epoch's packing plan over ``dp_world`` data-parallel replicas; a sequence-parallel
+    group's micro-batch holds ``data.token_budget`` tokens per rank of the group."""
     p, c, r = lengths
-    return plan_bins(p, c, r, cfg.data.token_budget, world, cfg.run.seed, epoch=epoch,
+    budget = cfg.data.token_budget * cfg.deepspeed.sequence_parallel_size
+    return plan_bins(p, c, r, budget, dp_world, cfg.run.seed, epoch=epoch,
                      drop_overlong=cfg.data.drop_overlong)
 
 
@@ -63,6 +69,14 @@ def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
     from tpo_fast.train.setup import deepspeed_config, init_distributed, load_tokenizer_and_model
 
     rank, world, device = init_distributed()
+    sp_size = cfg.deepspeed.sequence_parallel_size
+    if world % sp_size:
+        from tpo_fast.config import ConfigError
+
+        raise ConfigError(f"deepspeed.sequence_parallel_size={sp_size} does not divide the "
+                          f"{world} processes (ranks form data-parallel x sequence-parallel "
+                          "groups)")
+    dp_world, dp_rank = world // sp_size, rank // sp_size
     out = Path(cfg.run.output_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -77,10 +91,11 @@ def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
     policy = PreferenceModel(hf_model, attention_backend=cfg.model.attention_backend,
                              train_vision_tower=cfg.model.train_vision_tower,
                              train_projector=cfg.model.train_projector)
+    sp, mpu = _sequence_parallel(cfg, policy)
     dataset = TPODataset(records, policy, tokenizer, cfg.data)
     reference = reference_kind(cfg, dataset.has_ref_logps)
     lengths = dataset.lengths()
-    first_plan = plan_epoch(cfg, lengths, world, 0)
+    first_plan = plan_epoch(cfg, lengths, dp_world, 0)
     per_epoch = len(optimizer_steps(first_plan, lengths[1], cfg.optim.global_batch_size))
     total_steps = per_epoch * cfg.optim.epochs
     if cfg.optim.max_steps > 0:
@@ -91,16 +106,38 @@ def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
     ref_policy, replay, keep = None, None, [keep_alive]
     if separate:
         ref_policy, replay, ref_keep = _separate_reference(cfg, ds_config, policy)
+        ref_policy.enable_sequence_parallel(sp)
         keep.append(ref_keep)
-    engine, scheduler = _engine(cfg, ds_config, policy, total_steps, lora_reference, replay)
-    ref_scorer = _reference_engine(cfg, ds_config, ref_policy, replay, device) if separate \
-        else None
+    engine, scheduler = _engine(cfg, ds_config, policy, total_steps, lora_reference, replay,
+                                mpu)
+    ref_scorer = _reference_engine(cfg, ds_config, ref_policy, replay, device, mpu) \
+        if separate else None
     return TrainingParts(cfg=cfg, command=command, rank=rank, world=world, device=device,
                          out=out, tokenizer=tokenizer, model=model, policy=policy,
                          dataset=dataset, skipped=skipped + dataset.skipped, reference=reference,
                          lengths=lengths, first_plan=first_plan, total_steps=total_steps,
                          engine=engine, scheduler=scheduler, ref_scorer=ref_scorer,
-                         keep_alive=keep)
+                         keep_alive=keep, dp_world=dp_world, dp_rank=dp_rank, sp=sp)
+
+
+def _sequence_parallel(cfg: TrainConfig, policy):
+    """(SequenceParallel, DeepSpeed mpu) for ``deepspeed.sequence_parallel_size`` > 1, with the
+    policy switched to it; ALST's tiled MLP where ``deepspeed.tiled_mlp`` asks for it."""
+    from tpo_fast.config import ConfigError
+    from tpo_fast.sequence_parallel import init_sequence_parallel
+
+    if cfg.deepspeed.tiled_mlp:
+        from tpo_fast.models.tiled_mlp import enable_tiled_mlp
+
+        enable_tiled_mlp(policy.adapter.base, cfg.deepspeed.tiled_mlp)
+    config = policy.model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    try:
+        sp, mpu = init_sequence_parallel(cfg.deepspeed.sequence_parallel_size, text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    policy.enable_sequence_parallel(sp)
+    return sp, mpu
 
 
 def _write_synthetic_pairs(cfg: TrainConfig, rank: int) -> None:
@@ -136,7 +173,7 @@ def _separate_reference(cfg: TrainConfig, ds_config: dict, policy):
 
 
 def _engine(cfg: TrainConfig, ds_config: dict, policy, total_steps: int, lora_reference,
-            replay):
+            replay, mpu=None):
     import deepspeed
 
     from tpo_fast.train.objective import TPOObjective
@@ -149,11 +186,12 @@ def _engine(cfg: TrainConfig, ds_config: dict, policy, total_steps: int, lora_re
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, cfg.optim.warmup_ratio, cfg.optim.scheduler))
     engine, *_ = deepspeed.initialize(model=objective, optimizer=optimizer,
-                                      lr_scheduler=scheduler, config=ds_config)
+                                      lr_scheduler=scheduler, config=ds_config, mpu=mpu)
     return engine, scheduler
 
 
-def _reference_engine(cfg: TrainConfig, ds_config: dict, ref_policy, replay, device):
+def _reference_engine(cfg: TrainConfig, ds_config: dict, ref_policy, replay, device,
+                      mpu=None):
     import deepspeed
 
     from tpo_fast.train.objective import ReferenceScorer
@@ -161,7 +199,7 @@ def _reference_engine(cfg: TrainConfig, ds_config: dict, ref_policy, replay, dev
     scorer = ReferenceScorer(ref_policy, replay)
     if cfg.deepspeed.zero_stage == 3:  # partitioned like the policy (it was built so)
         config = {k: v for k, v in ds_config.items() if k != "gradient_clipping"}
-        scorer, *_ = deepspeed.initialize(model=scorer, config=config)
+        scorer, *_ = deepspeed.initialize(model=scorer, config=config, mpu=mpu)
     else:
         scorer = scorer.to(device)
     scorer.eval()  # (DeepSpeedEngine.eval returns None)

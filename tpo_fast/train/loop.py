@@ -149,14 +149,18 @@ class Trainer:
             parts.total_steps
         self.engine, self.scheduler, self.ref_scorer = parts.engine, parts.scheduler, \
             parts.ref_scorer
+        # an SP group (consecutive ranks) runs one micro-batch: data is split over dp_world
+        self.dp_world, self.dp_rank = parts.dp_world, parts.dp_rank
+        self.sp_lead = parts.sp is None or parts.sp.rank == 0  # counts its group's statistics
 
     def _plan(self, epoch: int):
-        return plan_epoch(self.cfg, self.lengths, self.world, epoch)
+        return plan_epoch(self.cfg, self.lengths, self.dp_world, epoch)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _state(self, step: int, epoch: int, index: int) -> dict:
         return {"step": step, "epoch": epoch, "index_in_epoch": index,
                 "total_steps": self.total_steps, "world_size": self.world,
+                "sequence_parallel_size": self.cfg.deepspeed.sequence_parallel_size,
                 "command": self.command}
 
     def save(self, step: int, epoch: int, index: int) -> Path:
@@ -183,6 +187,11 @@ class Trainer:
         if state["world_size"] != self.world:
             raise TrainingError(f"{path} was written by {state['world_size']} ranks; this run "
                                 f"has {self.world} (the data order depends on it)")
+        sp = self.cfg.deepspeed.sequence_parallel_size
+        if state.get("sequence_parallel_size", 1) != sp:
+            raise TrainingError(f"{path} was written with deepspeed.sequence_parallel_size="
+                                f"{state.get('sequence_parallel_size', 1)}; this run has {sp} "
+                                "(the data order depends on it)")
         if self.rank == 0:
             print(f"tpo-fast train: resumed from {path} at step {state['step']}",
                   file=sys.stderr)
@@ -190,7 +199,7 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
     def _micro_step(self, batch, opt_step, stats: _StepStats) -> torch.Tensor:
-        batch = batch.to(self.device, non_blocking=True)
+        batch = self.policy.shard(batch).to(self.device, non_blocking=True)
         if self.ref_scorer is not None:
             ref = self.ref_scorer(batch)
         elif self.reference == "precomputed":
@@ -203,6 +212,9 @@ class Trainer:
             loss = loss * 0.0
             stats.skip(loss)
             return loss  # keeps this rank in the collectives, adds nothing
+        if not self.sp_lead:  # the group's lead rank counts the shared micro-batch
+            stats.skip(loss)
+            return loss
         stats.add(loss, metrics, batch.n_pairs, batch.num_tokens)
         return loss
 
@@ -226,8 +238,9 @@ class Trainer:
         stats = _StepStats(self.device, len(batches))
         for _, batch in batches:
             loss = self._micro_step(batch, opt_step, stats)
-            # DeepSpeed averages gradients over ranks; our normalisers are global
-            self.engine.backward(loss * self.world, scale_wrt_gas=False)
+            # DeepSpeed averages gradients over data-parallel replicas (and sums over an SP
+            # group); our normalisers are global
+            self.engine.backward(loss * self.dp_world, scale_wrt_gas=False)
         values, finite = stats.reduce()  # the step's one host sync for bookkeeping
         if not all(finite):
             k = finite.index(False)
@@ -260,7 +273,7 @@ class Trainer:
                 plan = self.first_plan if epoch == 0 else self._plan(epoch)
                 steps = optimizer_steps(plan, self.lengths[1], cfg.optim.global_batch_size)
                 todo = steps[index:self.total_steps - step + index]
-                bins = [s * world + rank for o in todo for s in o.plan_steps]
+                bins = [s * self.dp_world + self.dp_rank for o in todo for s in o.plan_steps]
                 prefetch = _Prefetcher(self.dataset, plan, bins)
                 try:
                     for opt_step in todo:

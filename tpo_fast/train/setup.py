@@ -44,12 +44,16 @@ def deepspeed_config(cfg: TrainConfig, world: int, accumulation: int) -> dict:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if cfg.deepspeed.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    sp = cfg.deepspeed.sequence_parallel_size
+    extra = {"sequence_parallel_size": sp} if sp > 1 else {}  # read by HF's zero.Init config
     return {
         # One packed micro-batch per rank per backward; the trainer owns accumulation (variable
         # micro-batches per step), so DeepSpeed only reduces and steps when step() is called.
+        # An SP group shares its micro-batch: the data-parallel world is world / SP.
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": max(1, accumulation),
-        "train_batch_size": max(1, accumulation) * world,
+        "train_batch_size": max(1, accumulation) * (world // sp),
+        **extra,
         "managed_gradient_accumulation": False,
         "gradient_clipping": cfg.optim.max_grad_norm,
         "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
