@@ -152,6 +152,9 @@ class Trainer:
         # an SP group (consecutive ranks) runs one micro-batch: data is split over dp_world
         self.dp_world, self.dp_rank = parts.dp_world, parts.dp_rank
         self.sp_lead = parts.sp is None or parts.sp.rank == 0  # counts its group's statistics
+        from tpo_fast.train.setup import backward_scale
+
+        self.backward_scale = backward_scale(cfg, self.world)
 
     def _plan(self, epoch: int):
         return plan_epoch(self.cfg, self.lengths, self.dp_world, epoch)
@@ -238,9 +241,8 @@ class Trainer:
         stats = _StepStats(self.device, len(batches))
         for _, batch in batches:
             loss = self._micro_step(batch, opt_step, stats)
-            # DeepSpeed averages gradients over data-parallel replicas (and sums over an SP
-            # group); our normalisers are global
-            self.engine.backward(loss * self.dp_world, scale_wrt_gas=False)
+            # DeepSpeed averages the gradients it reduces; our normalisers are global
+            self.engine.backward(loss * self.backward_scale, scale_wrt_gas=False)
         values, finite = stats.reduce()  # the step's one host sync for bookkeeping
         if not all(finite):
             k = finite.index(False)

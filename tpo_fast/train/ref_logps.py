@@ -41,7 +41,9 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
 
     Under a launcher each of the N ranks loads the model whole (no ZeRO: scoring keeps no
     optimizer state, and a 7B model fits one GPU), scores its shard of the packing plan's
-    micro-batches, and rank 0 writes the one merged file."""
+    micro-batches, and rank 0 writes the one merged file. With
+    ``deepspeed.sequence_parallel_size`` > 1 the ranks of an SP group score the same
+    micro-batch split along its tokens, as in training (a longer pair than one rank holds)."""
     import torch.distributed as dist
 
     from tpo_fast.data.dataset import TPODataset
@@ -58,11 +60,25 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
         "cuda" if torch.cuda.is_available() else "cpu")
     policy = PreferenceModel(model.to(device).eval(),
                              attention_backend=cfg.model.attention_backend)
+    sp_size = cfg.deepspeed.sequence_parallel_size
+    if sp_size > 1:  # the training layout: an SP group scores one micro-batch, split
+        from tpo_fast.config import ConfigError
+        from tpo_fast.sequence_parallel import init_sequence_parallel
+
+        if world % sp_size:
+            raise ConfigError(f"deepspeed.sequence_parallel_size={sp_size} does not divide the "
+                              f"{world} processes")
+        try:
+            sp, _ = init_sequence_parallel(sp_size, model.config.get_text_config())
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        policy.enable_sequence_parallel(sp)
+    dp_world, dp_rank = world // sp_size, rank // sp_size
     dataset = TPODataset(records, policy, tokenizer, cfg.data)
     p, c, r = dataset.lengths()
-    plan = plan_bins(p, c, r, cfg.data.token_budget, world, cfg.run.seed,
+    plan = plan_bins(p, c, r, cfg.data.token_budget * sp_size, dp_world, cfg.run.seed,
                      drop_overlong=cfg.data.drop_overlong)
-    mine = [b for b in range(rank, plan.num_bins, world) if not plan.bin_padding[b]]
+    mine = [b for b in range(dp_rank, plan.num_bins, dp_world) if not plan.bin_padding[b]]
     scores: dict[int, list[float]] = {}
     bins = mine
     if progress and rank == 0:
@@ -73,7 +89,7 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
     try:
         for b in bins:
             ids = plan.bin(b)
-            batch = dataset.batch(ids).to(device, non_blocking=True)  # pinned for a GPU
+            batch = policy.shard(dataset.batch(ids)).to(device, non_blocking=True)  # pinned
             logps = policy.policy_logps(batch).cpu()
             for i, pair in enumerate(ids):
                 scores[int(pair)] = [float(logps[i, 0]), float(logps[i, 1])]

@@ -39,7 +39,8 @@ def deepspeed_config(cfg: TrainConfig, world: int, accumulation: int) -> dict:
     """The DeepSpeed config our settings imply (no "auto" values left)."""
     zero = {"stage": cfg.deepspeed.zero_stage}
     if cfg.deepspeed.zero_stage == 3:
-        zero.update(stage3_gather_16bit_weights_on_model_save=True)
+        # reduce_scatter pinned: ``backward_scale`` relies on the gradient path it selects
+        zero.update(stage3_gather_16bit_weights_on_model_save=True, reduce_scatter=True)
     if cfg.deepspeed.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if cfg.deepspeed.offload_params:
@@ -62,6 +63,19 @@ def deepspeed_config(cfg: TrainConfig, world: int, accumulation: int) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def backward_scale(cfg: TrainConfig, world: int) -> int:
+    """What a micro-batch's loss (its share of the step's global loss) is multiplied by before
+    ``engine.backward``, so that DeepSpeed's gradient reduction leaves the global gradient.
+
+    DeepSpeed divides the summed gradients by the data-parallel world (world / SP: an SP
+    group's ranks hold shares of one replica's gradient, to be summed) in ZeRO-0/1/2. ZeRO-3's
+    reduce-scatter path (``__avg_scatter_grads`` → ``reduce_scatter_coalesced``, DeepSpeed
+    0.19.8) divides by the whole world whatever the SP size; measured here as a halved
+    gradient norm at SP = 2 (tests/test_sequence_parallel.py compares the norms)."""
+    sp = cfg.deepspeed.sequence_parallel_size
+    return world if cfg.deepspeed.zero_stage == 3 else world // sp
 
 
 ROLES = ("policy", "reference", "score")

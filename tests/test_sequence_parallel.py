@@ -1,0 +1,231 @@
+"""Sequence parallelism (DeepSpeed Ulysses around the prefix-shared attention) equals one rank.
+
+* the shard layout on the host: token shards, padding, the video-feature rows of each shard,
+  which rank scores which token (the rejected response's first token is predicted by the
+  prompt's last token, which may lie on another shard);
+* 2 gloo processes, SP = 2 vs SP = 1 on the same packed batch (tiny qwen2_vl, M-RoPE, and
+  tiny llava_onevision; several pairs of different lengths, a prompt straddling the shard
+  boundary, even and odd token counts): the loss, the per-response log-probs and every
+  trainable gradient (summed over the group, as DeepSpeed's reduction does) within 1e-5;
+* the user's path: ``tpo-fast train ... deepspeed.sequence_parallel_size=2`` from a model
+  folder on 2 processes under ZeRO-3 (live reference; LoRA with gradient checkpointing and the
+  tiled MLP) equals the 1-process ZeRO-3 run step by step (loss, gradient norm) and in the
+  exported weights, and
+  ``ref-logps`` with SP = 2 equals 1 process;
+* clear errors where Ulysses cannot split.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tpo_fast.config import ConfigError, load_config
+from tpo_fast.packing import pack_pairs
+from tpo_fast.sequence_parallel import check_heads, shard_features, shard_plan
+
+from test_real_paths import QUIET, TINY, _env, _free_port, assert_losses_equal, tpo_fast
+
+ROOT = Path(__file__).resolve().parent.parent
+VIDEO = 7  # the video token id of the hand-made batch
+
+
+def _batch():
+    # pair 0: 6-token prompt with 3 video tokens, pair 1: 9-token prompt with 4 video tokens
+    prompts = [[1, VIDEO, VIDEO, VIDEO, 2, 3], [4, 5, VIDEO, VIDEO, VIDEO, VIDEO, 6, 8, 9]]
+    return pack_pairs(prompts, [[10, 11], [12]], [[13], [14, 15, 16]])
+
+
+def test_shard_plan_covers_every_token_once():
+    batch = _batch()  # T = 6 + 2 + 1 + 9 + 1 + 3 = 22 tokens, N = 7 scored
+    assert batch.num_tokens == 22
+    for size in (2, 3, 4):
+        plans = [shard_plan(batch, size, r, VIDEO) for r in range(size)]
+        length = plans[0].length
+        assert length == -(-22 // size) and all(p.length == length for p in plans)
+        ids = torch.cat([p.input_ids for p in plans])
+        assert torch.equal(ids[:22], batch.input_ids) and len(ids) == size * length
+        assert not (ids[22:] == VIDEO).any()  # padding is never a video token
+        # video rows: consecutive, all 7 video tokens, each shard's rows = its video tokens
+        rows = [p.video_rows for p in plans]
+        assert rows[0][0] == 0 and rows[-1][1] == 7
+        assert all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
+        for p in plans:
+            assert p.video_rows[1] - p.video_rows[0] == int((p.input_ids == VIDEO).sum())
+        # every scored token on exactly one rank: the one holding its predicting hidden state
+        order = plans[0].order
+        assert sorted(order.tolist()) == list(range(7))
+        for r, p in enumerate(plans):
+            assert p.counts == tuple(len(q.scored) for q in plans)
+            positions = batch.logit_index[p.scored]
+            assert ((positions >= r * length) & (positions < (r + 1) * length)).all()
+            assert torch.equal(p.local_rows, positions - r * length)
+    # the positions of the padding are 0; of real tokens, the packer's
+    plan = shard_plan(batch, 4, 3, VIDEO)
+    assert plan.length == 6 and plan.start == 18
+    assert plan.position_ids[4:].tolist() == [0, 0]
+    assert torch.equal(plan.position_ids[:4], batch.position_ids[18:])
+
+
+def test_a_rejected_first_token_can_be_scored_on_the_prompt_s_shard():
+    batch = _batch()
+    # pair 1's prompt ends at packed token 17 (9 + 18 - 1 = 17): its last hidden state predicts
+    # the first chosen and the first rejected token, though the rejected tokens lie past 19
+    plans = [shard_plan(batch, 2, r, VIDEO) for r in range(2)]
+    first_rejected = (batch.seq_id == 3).nonzero()[0, 0]
+    assert int(batch.logit_index[first_rejected]) == 17
+    assert int(batch.target_index[first_rejected]) == 19
+    owner = next(r for r, p in enumerate(plans) if first_rejected in p.scored.tolist())
+    assert owner == 1 and plans[1].start == 11
+
+
+def test_shard_features_keeps_each_structure():
+    total, hidden = 7, 3
+    rows = torch.arange(total * hidden, dtype=torch.float32).view(total, hidden)
+    cases = {
+        "batched": SimpleNamespace(pooler_output=rows[None]),  # [1, tokens, H]
+        "per video": SimpleNamespace(pooler_output=(rows[:3], rows[3:])),  # Qwen-VL tuple
+        "deepstack": SimpleNamespace(pooler_output=(rows,), deepstack_features=[rows, 2 * rows]),
+    }
+    for name, features in cases.items():
+        cut = shard_features(features, 2, 5, total)
+        flat = torch.cat(list(cut.pooler_output)) if isinstance(cut.pooler_output, tuple) \
+            else cut.pooler_output[0]
+        assert torch.equal(flat, rows[2:5]), name
+    deep = shard_features(cases["deepstack"], 2, 5, total).deepstack_features
+    assert [d.tolist() for d in deep] == [rows[2:5].tolist(), (2 * rows[2:5]).tolist()]
+    with pytest.raises(NotImplementedError, match="cannot split the video feature field"):
+        shard_features(SimpleNamespace(pooler_output=rows[:5]), 0, 2, total)
+
+
+def test_heads_that_ulysses_cannot_split_are_clear_errors():
+    qwen2_7b = SimpleNamespace(num_attention_heads=28, num_key_value_heads=4)
+    with pytest.raises(ValueError, match=r"does not divide the model's 28 attention heads.*"
+                                         r"\[1, 2, 4, 7, 14, 28\]"):
+        check_heads(qwen2_7b, 8)
+    check_heads(qwen2_7b, 4)  # 7 query heads and 1 kv head per rank
+    check_heads(SimpleNamespace(num_attention_heads=32, num_key_value_heads=4), 8)  # replicated
+    with pytest.raises(ValueError, match="3 key/value heads"):
+        check_heads(SimpleNamespace(num_attention_heads=6, num_key_value_heads=3), 2)
+
+
+def test_config_rejects_sequence_parallel_on_the_slow_path():
+    with pytest.raises(ConfigError, match="run.path=fast"):
+        load_config(TINY, ["deepspeed.sequence_parallel_size=2", "run.path=slow"])
+    with pytest.raises(ConfigError, match=">= 1"):
+        load_config(TINY, ["deepspeed.sequence_parallel_size=0"])
+
+
+@pytest.mark.multiprocess_cpu
+def test_sp_size_must_divide_the_processes(tmp_path):
+    cmd = [sys.executable, "-m", "tpo_fast", "train", str(TINY), *QUIET,
+           "deepspeed.sequence_parallel_size=2", f"run.output_dir={tmp_path}",
+           f"data.train={tmp_path / 'pairs.jsonl'}"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "sequence_parallel_size=2 does not divide the 1 processes" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ---- 2 processes: SP = 2 equals SP = 1 ------------------------------------------------------
+@pytest.mark.multiprocess_cpu
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_sp2_equals_sp1_loss_and_every_gradient(family, tmp_path):
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={_free_port()}", str(ROOT / "tests" / "sp_worker.py"), family,
+           str(out)]
+    env = _env()
+    env["PYTHONPATH"] = str(ROOT / "tests") + ":" + env["PYTHONPATH"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = json.loads(out.read_text())
+    assert len(ranks) == 2
+    cases = ranks[0]
+    assert any(c["straddling_prompts"] for c in cases)  # a prompt across the shard boundary
+    assert any(c["tokens"] % 2 for c in cases) and any(c["tokens"] % 2 == 0 for c in cases)
+    for per_rank in zip(*ranks):
+        for c in per_rank:
+            assert c["pairs"] >= 3
+            assert abs(c["loss_two"] - c["loss_one"]) <= 1e-5 * max(1.0, abs(c["loss_one"]))
+            assert c["logps_diff"] <= 1e-5 * 50  # summed log-probs of ~5-20 tokens, |x| < 50
+            assert c["grad_max_diff"] <= 1e-5, c
+            assert c["nonzero_grads"] == c["trainable"]  # every trainable parameter is checked
+            assert all(n > 0 for n in c["scored_per_rank"])
+        assert per_rank[0]["loss_two"] == per_rank[1]["loss_two"]  # one loss per group
+
+
+# ---- the user's path: the CLI on 2 processes ----------------------------------------------------
+EQUAL = ["model.tiny=null", "optim.global_batch_size=48", "optim.epochs=3", "optim.lr=5e-3",
+         "optim.warmup_ratio=0", "data.token_budget=400", "loss.reference=model"]
+
+
+@pytest.fixture(scope="module")
+def sp_folders(tmp_path_factory):
+    from tpo_fast.data.synthetic import make_pairs
+    from tpo_fast.models.tiny_folders import save_tiny_model
+
+    root = tmp_path_factory.mktemp("sp")
+    return {"qwen2_vl": save_tiny_model("qwen2_vl", root / "qwen2_vl", hidden=64, frame_size=32),
+            "llava_onevision": save_tiny_model("llava_onevision", root / "llava", hidden=64),
+            "pairs": make_pairs(root / "pairs", n_pairs=48, n_videos=8, seed=0)}
+
+
+def _train(folder, pairs, out, *extra, nproc=1):
+    tpo_fast(["train", TINY, f"model.path={folder}", f"data.train={pairs}",
+              f"run.output_dir={out}", *QUIET, *EQUAL, *extra], nproc=nproc)
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_weights(a: Path, b: Path):
+    from transformers import AutoModelForImageTextToText
+
+    one, two = (AutoModelForImageTextToText.from_pretrained(d).state_dict() for d in (a, b))
+    assert set(one) == set(two) and one
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.multiprocess_cpu
+@pytest.mark.parametrize("family,extra", [
+    ("qwen2_vl", []),  # ZeRO-3, a live reference loaded from the folder
+    ("llava_onevision", ["model.lora.r=4", "model.lora.alpha=8", "model.train_projector=false",
+                         "model.gradient_checkpointing=true", "deepspeed.tiled_mlp=3"]),
+])
+def test_train_cli_with_sequence_parallel_equals_one_process(family, extra, sp_folders,
+                                                             tmp_path):
+    folder, pairs = sp_folders[family], sp_folders["pairs"]
+    two = _train(folder, pairs, tmp_path / "sp2", *extra, "deepspeed.zero_stage=3",
+                 "deepspeed.sequence_parallel_size=2", nproc=2)
+    plain = [x for x in extra if not x.startswith("deepspeed.tiled_mlp")]
+    one = _train(folder, pairs, tmp_path / "sp1", *plain, "deepspeed.zero_stage=3")
+    assert len(one) == 3 and one[0]["pairs"] == 48
+    assert one[0]["chosen_reward"] == two[0]["chosen_reward"] == 0.0  # reference = start
+    assert_losses_equal(one, two)
+    # the gradient itself (Adam's update hardly sees its scale; this caught ZeRO-3's
+    # reduce-scatter averaging over the SP ranks too, a gradient of half the size)
+    for a, b in zip(one, two):
+        assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * a["grad_norm"], (a, b)
+    assert one[-1]["loss"] < one[0]["loss"]
+    _assert_same_weights(tmp_path / "sp1" / "final", tmp_path / "sp2" / "final")
+    summary = json.loads((tmp_path / "sp2" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["reference"] == "model"
+
+
+@pytest.mark.multiprocess_cpu
+def test_ref_logps_with_sequence_parallel_equals_one_process(sp_folders, tmp_path):
+    common = ["model.tiny=null", f"model.path={sp_folders['qwen2_vl']}",
+              f"data.train={sp_folders['pairs']}", *QUIET]
+    tpo_fast(["ref-logps", TINY, *common, "deepspeed.sequence_parallel_size=2", "--out",
+              tmp_path / "sp2.jsonl"], nproc=2)
+    tpo_fast(["ref-logps", TINY, *common, "--out", tmp_path / "one.jsonl"])
+    two, one = ([json.loads(line) for line in (tmp_path / f).read_text().splitlines()]
+                for f in ("sp2.jsonl", "one.jsonl"))
+    assert len(one) == len(two) == 48
+    for a, b in zip(one, two):
+        for x, y in zip(a["ref_logps"], b["ref_logps"]):
+            assert abs(x - y) <= 1e-5 * max(1.0, abs(x)), (a, b)
