@@ -29,8 +29,9 @@ def main(family: str, out: str):
     policy = PreferenceModel(model, attention_backend="sdpa")
     sp, _ = init_sequence_parallel(2, model.config.get_text_config())
     # (pairs, seed): several pairs of different lengths; the seeds give an even and an odd
-    # token count (the last shard padded)
-    results = [compare(policy, sp, tokenizer, n, seed) for n, seed in ((5, 0), (4, 1), (3, 3))]
+    # token count (the last shard padded); one pair whose prompt fills the first shard (that
+    # rank scores no token)
+    results = [compare(policy, sp, tokenizer, n, seed) for n, seed in ((5, 0), (4, 1), (3, 3), (1, 2))]
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:
@@ -53,19 +54,25 @@ def compare(policy, sp, tokenizer, n_pairs, seed):
                                                                             generator=gen)})
     loss_kwargs = dict(beta=0.1, sft_weight=0.5)
 
+    seen = []  # rows (frames, patches) into the vision tower
+    hook = policy.adapter.vision_tower().register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(_rows(args, kwargs)), with_kwargs=True)
+
     def run():
+        seen.clear()
         policy.zero_grad(set_to_none=True)
         loss, metrics = policy(batch, loss=loss_kwargs)
         loss.backward()
         grads = {n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
                  for n, p in policy.named_parameters() if p.requires_grad}
-        return loss.detach(), metrics["policy_logps"], grads
+        return loss.detach(), metrics["policy_logps"], grads, sum(seen)
 
-    one_loss, one_logps, one_grads = run()
+    one_loss, one_logps, one_grads, one_rows = run()
     policy.enable_sequence_parallel(sp)
     plan = policy.shard(batch).shard
     batch = policy.shard(batch)
-    two_loss, two_logps, two_grads = run()
+    two_loss, two_logps, two_grads, two_rows = run()
+    hook.remove()
     for g in two_grads.values():
         dist.all_reduce(g, group=sp.group)
 
@@ -82,7 +89,13 @@ def compare(policy, sp, tokenizer, n_pairs, seed):
         logps_diff=float((two_logps - one_logps).abs().max()),
         grad_max_diff=max(grad_diff.values()), grad_max=max(scale.values()),
         nonzero_grads=sum(1 for v in scale.values() if v > 0), trainable=len(one_grads),
-        worst=max(grad_diff, key=grad_diff.get))
+        worst=max(grad_diff, key=grad_diff.get), tower_rows_one=one_rows,
+        tower_rows_two=two_rows)
+
+
+def _rows(args, kwargs) -> int:
+    x = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
+    return int(x.shape[0])
 
 
 if __name__ == "__main__":

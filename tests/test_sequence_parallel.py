@@ -5,8 +5,9 @@
   prompt's last token, which may lie on another shard);
 * 2 gloo processes, SP = 2 vs SP = 1 on the same packed batch (tiny qwen2_vl, M-RoPE, and
   tiny llava_onevision; several pairs of different lengths, a prompt straddling the shard
-  boundary, even and odd token counts): the loss, the per-response log-probs and every
-  trainable gradient (summed over the group, as DeepSpeed's reduction does) within 1e-5;
+  boundary, even and odd token counts, a shard of prompt only): the loss, the per-response
+  log-probs and every trainable gradient (summed over the group, as DeepSpeed's reduction
+  does) within 1e-5, with the vision tower's frames split over the two ranks;
 * the user's path: ``tpo-fast train ... deepspeed.sequence_parallel_size=2`` from a model
   folder on 2 processes under ZeRO-3 (live reference; LoRA with gradient checkpointing and the
   tiled MLP) equals the 1-process ZeRO-3 run step by step (loss, gradient norm) and in the
@@ -148,15 +149,20 @@ def test_sp2_equals_sp1_loss_and_every_gradient(family, tmp_path):
     cases = ranks[0]
     assert any(c["straddling_prompts"] for c in cases)  # a prompt across the shard boundary
     assert any(c["tokens"] % 2 for c in cases) and any(c["tokens"] % 2 == 0 for c in cases)
+    assert any(0 in c["scored_per_rank"] for c in cases)  # a shard of prompt only
+    assert sum(c["pairs"] >= 3 for c in cases) >= 3  # packed batches of several pairs
     for per_rank in zip(*ranks):
         for c in per_rank:
-            assert c["pairs"] >= 3
+            assert c["pairs"] >= 1
             assert abs(c["loss_two"] - c["loss_one"]) <= 1e-5 * max(1.0, abs(c["loss_one"]))
             assert c["logps_diff"] <= 1e-5 * 50  # summed log-probs of ~5-20 tokens, |x| < 50
             assert c["grad_max_diff"] <= 1e-5, c
             assert c["nonzero_grads"] == c["trainable"]  # every trainable parameter is checked
-            assert all(n > 0 for n in c["scored_per_rank"])
         assert per_rank[0]["loss_two"] == per_rank[1]["loss_two"]  # one loss per group
+        # the tower's frames are split over the group: each rank encodes about half of them
+        one = per_rank[0]["tower_rows_one"]
+        assert sum(c["tower_rows_two"] for c in per_rank) == one
+        assert all(c["tower_rows_two"] <= -(-one // 2) + one // 5 for c in per_rank), per_rank
 
 
 # ---- the user's path: the CLI on 2 processes ----------------------------------------------------
@@ -181,13 +187,25 @@ def _train(folder, pairs, out, *extra, nproc=1):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _assert_same_weights(a: Path, b: Path):
+def _assert_same_weights(a: Path, b: Path, base: Path):
+    """The exported weights agree to 1% of how far training moved them. Not to 1e-5: Adam
+    divides each gradient element by its own running size, so an element whose gradient is
+    near 0 moves by about ±lr whatever its size, and a rounding-level difference in it (a
+    different reduction order over 2 ranks) is not small after the update. The gradients
+    themselves are compared to 1e-5 in test_sp2_equals_sp1_loss_and_every_gradient, and a
+    wrong or missing share of one rank moves the weights far more than 1%."""
     from transformers import AutoModelForImageTextToText
 
-    one, two = (AutoModelForImageTextToText.from_pretrained(d).state_dict() for d in (a, b))
+    one, two, start = (AutoModelForImageTextToText.from_pretrained(d).state_dict()
+                       for d in (a, b, base))
     assert set(one) == set(two) and one
+    moved = 0
     for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+        update = float((one[name] - start[name]).abs().max())
+        moved += update > 0
+        diff = float((two[name] - one[name]).abs().max())
+        assert diff <= 1e-2 * update + 1e-7, (name, diff, update)
+    assert moved
 
 
 @pytest.mark.multiprocess_cpu
@@ -211,7 +229,7 @@ def test_train_cli_with_sequence_parallel_equals_one_process(family, extra, sp_f
     for a, b in zip(one, two):
         assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * a["grad_norm"], (a, b)
     assert one[-1]["loss"] < one[0]["loss"]
-    _assert_same_weights(tmp_path / "sp1" / "final", tmp_path / "sp2" / "final")
+    _assert_same_weights(tmp_path / "sp1" / "final", tmp_path / "sp2" / "final", folder)
     summary = json.loads((tmp_path / "sp2" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["reference"] == "model"
 

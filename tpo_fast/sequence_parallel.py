@@ -15,8 +15,10 @@ hands each rank the gradient of its own tokens (the loss is replicated, not summ
 rank's parameter gradients are its shard's share and DeepSpeed's SP-aware reduction (sum over
 the SP group, mean over DP) gives the single-rank gradient.
 
-Video features are computed on every rank of the group (the tower once per video, as without
-SP) and each rank scatters the rows of the video tokens in its shard.
+The vision tower's frames are split over the group too (``encode_split``: frames for LLaVA
+families, temporal patches for Qwen2-VL / Qwen2.5-VL; the rows all-gathered); families whose
+features cannot be computed piecewise run the whole tower on every rank of the group. Each rank
+then scatters the rows of the video tokens in its shard.
 """
 
 from __future__ import annotations
@@ -84,11 +86,6 @@ def init_sequence_parallel(size: int, text_config) -> tuple[SequenceParallel | N
         seq_length_is_variable=True)
     return SequenceParallel(group=group, size=size, rank=dist.get_rank(group),
                             ulysses=ulysses), mpu
-
-
-def data_parallel(world: int, rank: int, sp_size: int) -> tuple[int, int]:
-    """(DP world, DP rank): an SP group (consecutive ranks) is one data-parallel replica."""
-    return world // sp_size, rank // sp_size
 
 
 # ---- the shard of one micro-batch ------------------------------------------------------------
@@ -183,6 +180,50 @@ def _cut(value, first: int, end: int, total: int, name: str):
         f"token ({total}) nor a list of such")
 
 
+# ---- the vision tower over the group ------------------------------------------------------------
+def encode_split(adapter, videos: list, sp: SequenceParallel):
+    """The micro-batch's video features with its frames split over the SP group: each rank runs
+    the tower (+ projector) on a contiguous share of ``adapter.frame_units`` in one call, the
+    rows are all-gathered (backward: each rank's rows get the gradient of every rank), and the
+    adapter assembles the whole micro-batch's features; None where the family cannot split.
+    A rank with no unit (fewer units than ranks) runs the first one and keeps no row, so every
+    rank calls the tower once (ZeRO-3 gathers its parameters collectively)."""
+    units = adapter.frame_units(videos)
+    if units is None:
+        return None
+    share = -(-len(units) // sp.size)
+    mine = units[sp.rank * share:(sp.rank + 1) * share]
+    rows = adapter.unit_features(mine or units[:1])
+    if not mine:
+        rows = rows[:0]
+    return adapter.assemble_features(_GatherRows.apply(rows, sp.group, sp.size), videos)
+
+
+class _GatherRows(torch.autograd.Function):
+    """[r_s, H] rows on each rank s -> [Σ r_s, H] on every rank, in rank order."""
+
+    @staticmethod
+    def forward(ctx, rows, group, size: int):
+        counts = [torch.zeros(1, dtype=torch.long) for _ in range(size)]
+        dist.all_gather(counts, torch.tensor([rows.shape[0]]), group=group)
+        counts = [int(c) for c in counts]
+        width = max(counts)
+        padded = rows.new_zeros(width, *rows.shape[1:])
+        padded[:rows.shape[0]] = rows
+        pieces = [torch.empty_like(padded) for _ in range(size)]
+        dist.all_gather(pieces, padded.contiguous(), group=group)
+        ctx.group, ctx.counts, ctx.rank = group, counts, dist.get_rank(group)
+        return torch.cat([p[:n] for p, n in zip(pieces, counts)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        # each rank's shard uses different rows: a row's gradient is the sum over the ranks
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        start = sum(ctx.counts[:ctx.rank])
+        return grad[start:start + ctx.counts[ctx.rank]], None, None
+
+
 # ---- attention ---------------------------------------------------------------------------------
 @dataclass(eq=False)
 class ShardedAttention:
@@ -244,6 +285,6 @@ def gather_scored(local: torch.Tensor, plan: ShardPlan, sp: SequenceParallel) ->
     return _GatherScored.apply(local, plan, sp.group)
 
 
-__all__ = ["SequenceParallel", "ShardPlan", "ShardedAttention", "check_heads", "data_parallel",
+__all__ = ["SequenceParallel", "ShardPlan", "ShardedAttention", "check_heads", "encode_split",
            "gather_scored", "gathered_attention", "init_sequence_parallel", "shard_features",
            "shard_plan"]

@@ -86,6 +86,20 @@ class VideoLLMAdapter:
         this; the default (one call per video) is only safe without ZeRO-3."""
         return self.merge_features([self.video_features(v) for v in videos])
 
+    # Sequence parallelism splits a micro-batch's frames over the SP group
+    # (tpo_fast.sequence_parallel.encode_split): the units, one call over a subset of them (in
+    # unit order: [rows, H]), and the features of the whole micro-batch from all units' rows.
+    def frame_units(self, videos: list[Video]) -> list | None:
+        """Independent pieces of the micro-batch's videos (frames, temporal patches) in token
+        order, or None where the family's features cannot be computed piecewise."""
+        return None
+
+    def unit_features(self, units: list) -> torch.Tensor:
+        raise NotImplementedError
+
+    def assemble_features(self, rows: torch.Tensor, videos: list[Video]):
+        raise NotImplementedError
+
     def merge_features(self, outputs: list):
         """Per-video feature outputs, in pair order -> ``mm_encoder_outputs["video"]``."""
         return SimpleNamespace(pooler_output=torch.cat([o.pooler_output for o in outputs], dim=1))

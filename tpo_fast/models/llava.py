@@ -50,6 +50,19 @@ class _LlavaAdapter(VideoLLMAdapter):
         return SimpleNamespace(
             pooler_output=self._regroup(out.pooler_output, [f.shape[0] for f in frames]))
 
+    def frame_units(self, videos: list[Video]) -> list:
+        return [frame for v in videos for frame in v["pixel_values_videos"][0]]
+
+    def unit_features(self, units: list) -> torch.Tensor:
+        """[frames · tokens per one-frame video, H]: each frame as a one-frame video."""
+        out = self.video_features({"pixel_values_videos": torch.stack(units)[:, None]})
+        return out.pooler_output.reshape(-1, out.pooler_output.shape[-1])
+
+    def assemble_features(self, rows: torch.Tensor, videos: list[Video]):
+        counts = [v["pixel_values_videos"].shape[1] for v in videos]
+        per_frame = rows.reshape(sum(counts), -1, rows.shape[-1])
+        return SimpleNamespace(pooler_output=self._regroup(per_frame, counts))
+
     def _regroup(self, per_frame: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """[sum F, tokens per one-frame video, H] -> [1, all videos' tokens, H]."""
         return per_frame.reshape(1, -1, per_frame.shape[-1])

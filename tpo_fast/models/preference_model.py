@@ -111,10 +111,16 @@ class PreferenceModel(nn.Module):
         device = self.device
         frozen = is_frozen(self.adapter.vision_tower()) and not any(
             p.requires_grad for p in self.adapter.projector_parameters())
+        videos = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                   for k, v in video.items()} for video in videos]
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            return self.adapter.batch_video_features([
-                {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                 for k, v in video.items()} for video in videos])
+            if self.sequence_parallel is not None:  # frames split over the SP group
+                from tpo_fast.sequence_parallel import encode_split
+
+                features = encode_split(self.adapter, videos, self.sequence_parallel)
+                if features is not None:
+                    return features
+            return self.adapter.batch_video_features(videos)
 
     def hidden_states(self, batch: PackedBatch, features=None) -> torch.Tensor:
         """[N, H]: the hidden state that predicts each scored token (``batch.logit_index``).
@@ -169,7 +175,12 @@ class PreferenceModel(nn.Module):
 
         plan = self.shard(batch).shard
         targets = batch.target_ids.to(device).index_select(0, plan.scored.to(device))
-        local = linear_logprobs(hidden, self.lm_head_weight(), targets)
+        weight = self.lm_head_weight()
+        if hidden.shape[0]:
+            local = linear_logprobs(hidden, weight, targets)
+        else:  # a shard of prompt only: still in the graph, so every parameter gets a
+            # (zero) gradient on this rank too (ZeRO-3 reduces the same parameters everywhere)
+            local = (hidden.sum() + weight.sum()).float().mul(0).expand(0)
         return gather_scored(local, plan, self.sequence_parallel)
 
     def forward(self, batch: PackedBatch, loss: dict | None = None):

@@ -31,6 +31,29 @@ class _QwenVideoChecks:
 class Qwen2VLAdapter(_QwenVideoChecks, GenericVideoAdapter):
     model_types = ("qwen2_vl",)
 
+    # The vision tower attends within each temporal patch (its cu_seqlens repeat h·w per grid
+    # step) and its rotary positions are spatial, so a video's grid steps are independent units.
+    def frame_units(self, videos: list[Video]) -> list:
+        units = []
+        for video in videos:
+            t, h, w = self._grid(video)[0].tolist()
+            extra = {k: v for k, v in video.items()
+                     if k not in ("pixel_values_videos", "video_grid_thw")}
+            for rows in video["pixel_values_videos"].split(h * w):
+                units.append({"pixel_values_videos": rows,
+                              "video_grid_thw": torch.tensor([[1, h, w]]), **extra})
+        return units
+
+    def unit_features(self, units: list) -> torch.Tensor:
+        out = self.batch_video_features(units).pooler_output
+        return torch.cat(list(out)) if isinstance(out, (tuple, list)) else \
+            out.reshape(-1, out.shape[-1])
+
+    def assemble_features(self, rows: torch.Tensor, videos: list[Video]):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(pooler_output=(rows,))
+
 
 class Qwen2_5VLAdapter(Qwen2VLAdapter):
     model_types = ("qwen2_5_vl",)
