@@ -94,6 +94,9 @@ def steps(out: Path, dry_run: bool, python: str) -> list[Step]:
         Step("train_throughput", 150,
              bench("train_throughput", "--device", "cuda", "--frames", "32", "128",
                    name="train_throughput"), result_file="train_throughput.json"),
+        # one GPU: SP = 1 (tiled MLP off / on); the SP = 2 rows are recorded as skipped
+        Step("long_video", 75, bench("long_video", "--device", "cuda", "--layers", "2",
+                                     name="long_video"), result_file="long_video.json"),
         Step("dali_tests", 90, [*pytest, *collect, "-k", "dali", *DALI_TESTS], needs_dali=True),
         Step("video_gpu", 90, bench("video", "--gpu", name="video"), needs_dali=True,
              result_file="video.json"),

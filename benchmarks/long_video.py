@@ -39,7 +39,7 @@ SHAPES = {
                           num_attention_heads=8, num_key_value_heads=2, vocab_size=None),
                 vision=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=1,
                             num_attention_heads=2, image_size=112, patch_size=14),
-                ladder=(32, 64, 128, 256, 512), cap_mib=1024, response_tokens=64,
+                ladder=(32, 64, 128, 256, 512, 1024, 2048), cap_mib=1024, response_tokens=64,
                 dtype="float32"),
     "cuda": dict(text=None, vision=None, ladder=(64, 128, 256, 512, 1024), cap_mib=120 * 1024,
                  response_tokens=256, dtype="bfloat16"),
@@ -50,6 +50,7 @@ SHAPES = {
                   ladder=(2, 4), cap_mib=4096, response_tokens=4, dtype="float32"),
 }
 CONFIGS = ((1, 0), (1, 4), (2, 0), (2, 4))  # (SP, tiled-MLP tiles; 0: off)
+SMOKE_CONFIGS = ((1, 0), (2, 4))  # each code path once
 
 
 def _shape(name: str, layers: int) -> dict:
@@ -196,7 +197,8 @@ def main(argv=None) -> int:
     shape = _shape(args.shape, args.layers)
     if args.cap_mib is None:
         args.cap_mib = shape["cap_mib"]
-    results = [run_config(args, sp, tiles) for sp, tiles in CONFIGS]
+    configs = SMOKE_CONFIGS if args.smoke else CONFIGS
+    results = [run_config(args, sp, tiles) for sp, tiles in configs]
     for r in results:
         print(f"SP={r['sp']} tiled_mlp={r['tiled_mlp']}: longest "
               f"{r.get('longest_frames', '-')} frames "

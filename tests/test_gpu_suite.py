@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_real_commands(tmp_path):
     plan = {s.name: s for s in gpu_suite.steps(tmp_path, dry_run=False, python="python3")}
     assert list(plan) == ["versions", "gpu_tests", "kernel_tests", "kernels", "packed_forward",
-                          "train_throughput", "dali_tests", "video_gpu"]
+                          "train_throughput", "long_video", "dali_tests", "video_gpu"]
     assert plan["gpu_tests"].argv[-3:] == ["-m", "gpu", "tests"]
     assert plan["kernel_tests"].env == {"TPO_FAST_TEST_DEVICE": "cuda"}
     assert set(gpu_suite.KERNEL_TESTS) <= set(plan["kernel_tests"].argv)
@@ -26,6 +26,8 @@ def test_real_commands(tmp_path):
     tt = plan["train_throughput"].argv
     assert tt[tt.index("--device") + 1] == "cuda" and tt[tt.index("--frames") + 1:][:2] == [
         "32", "128"]
+    lv = plan["long_video"].argv
+    assert lv[lv.index("--device") + 1] == "cuda"
     assert plan["video_gpu"].needs_dali and "--gpu" in plan["video_gpu"].argv
     for step in plan.values():
         assert "--smoke" not in step.argv and "--collect-only" not in step.argv, step.name
