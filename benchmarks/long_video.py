@@ -67,8 +67,14 @@ def worker(args) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    from benchmarks.train_throughput import (RSSPeak, build_config, build_model,
-                                             fix_malloc_threshold, make_pairs, pack)
+    from benchmarks.train_throughput import (
+        RSSPeak,
+        build_config,
+        build_model,
+        fix_malloc_threshold,
+        make_pairs,
+        pack,
+    )
     from tpo_fast.models import PreferenceModel
     from tpo_fast.sequence_parallel import init_sequence_parallel
 
@@ -92,8 +98,8 @@ def worker(args) -> None:
     sp, _ = init_sequence_parallel(args.sp, config.get_text_config())
     policy.enable_sequence_parallel(sp)
     rows = []
-    warm = policy.shard(pack(policy, make_pairs(policy, config, 1, shape["ladder"][0], None,
-                                                shape["response_tokens"]), ref_logps=-torch.ones(1, 2)))
+    first = make_pairs(policy, config, 1, shape["ladder"][0], None, shape["response_tokens"])
+    warm = policy.shard(pack(policy, first, ref_logps=-torch.ones(1, 2)))
     _measure(policy, warm, device, cuda, RSSPeak)  # first-call allocations, untimed
     for frames in shape["ladder"]:
         pairs = make_pairs(policy, config, 1, frames, None, shape["response_tokens"])
@@ -144,7 +150,7 @@ def _measure(policy, batch, device, cuda: bool, RSSPeak):
         return None, 0.0, f"out of memory: {str(exc).splitlines()[0]}"
 
 
-# ---- the orchestrator -----------------------------------------------------------------------------
+# ---- the orchestrator ---------------------------------------------------------------------------
 def _port() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

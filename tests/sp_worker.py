@@ -31,7 +31,8 @@ def main(family: str, out: str):
     # (pairs, seed): several pairs of different lengths; the seeds give an even and an odd
     # token count (the last shard padded); one pair whose prompt fills the first shard (that
     # rank scores no token)
-    results = [compare(policy, sp, tokenizer, n, seed) for n, seed in ((5, 0), (4, 1), (3, 3), (1, 2))]
+    cases = ((5, 0), (4, 1), (3, 3), (1, 2))
+    results = [compare(policy, sp, tokenizer, n, seed) for n, seed in cases]
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:

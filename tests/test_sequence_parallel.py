@@ -24,12 +24,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_real_paths import QUIET, TINY, _env, _free_port, assert_losses_equal, tpo_fast
 
 from tpo_fast.config import ConfigError, load_config
 from tpo_fast.packing import pack_pairs
 from tpo_fast.sequence_parallel import check_heads, shard_features, shard_plan
-
-from test_real_paths import QUIET, TINY, _env, _free_port, assert_losses_equal, tpo_fast
 
 ROOT = Path(__file__).resolve().parent.parent
 VIDEO = 7  # the video token id of the hand-made batch

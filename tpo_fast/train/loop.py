@@ -255,7 +255,7 @@ class Trainer:
         return values
 
     def run(self) -> dict:
-        cfg, rank, world = self.cfg, self.rank, self.world
+        cfg, rank = self.cfg, self.rank
         step, epoch, index, resumed = self._resume()
         log = MetricsLog(self.out, enabled=rank == 0, tensorboard=cfg.run.tensorboard,
                          resume_step=step)
