@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from test_real_paths import QUIET, TINY, _env, _free_port, assert_losses_equal, tpo_fast
@@ -118,6 +119,24 @@ def test_config_rejects_sequence_parallel_on_the_slow_path():
         load_config(TINY, ["deepspeed.sequence_parallel_size=2", "run.path=slow"])
     with pytest.raises(ConfigError, match=">= 1"):
         load_config(TINY, ["deepspeed.sequence_parallel_size=0"])
+
+
+def test_the_plan_budget_is_per_rank_of_a_group():
+    """An SP group's micro-batch holds data.token_budget x SP tokens; the data splits over
+    the data-parallel groups only."""
+    from tpo_fast.train.build import plan_epoch
+
+    rng = np.random.default_rng(0)
+    lengths = tuple(rng.integers(lo, hi, 40) for lo, hi in ((150, 400), (5, 40), (5, 40)))
+    one = plan_epoch(load_config(TINY, ["data.token_budget=500"]), lengths, 2, 0)
+    two = plan_epoch(load_config(TINY, ["data.token_budget=250",
+                                        "deepspeed.sequence_parallel_size=2"]), lengths, 2, 0)
+    assert one.num_bins == two.num_bins
+    assert all(np.array_equal(one.bin(b), two.bin(b)) for b in range(one.num_bins))
+    totals = [int(sum(lengths[k][i] for k in range(3) for i in two.bin(b)))
+              for b in range(two.num_bins)]
+    assert max(totals) <= 500 < sum(int(x.sum()) for x in lengths)
+    assert any(t > 250 for t in totals)  # more than one rank's budget in a micro-batch
 
 
 @pytest.mark.multiprocess_cpu

@@ -4,6 +4,11 @@ The drop-in API for any training loop: ``hidden_states(batch)`` gives the hidden
 predict every response token of a PackedBatch ([N, H], in the model's dtype) and
 ``policy_logps(batch)`` the summed log-probs of each response ([n, 2]: chosen, rejected).
 The fused loss (``tpo_fast.kernels``) takes ``hidden_states`` and ``lm_head_weight()``.
+
+Sequence parallel (``enable_sequence_parallel``, ``tpo_fast.sequence_parallel``): the ranks of
+an SP group pass the same batch; ``hidden_states`` then gives this rank's scored tokens only
+([N_r, H], ``batch.shard.scored``), while ``token_logps``, ``policy_logps`` and ``forward(batch,
+loss=...)`` return the whole micro-batch's values on every rank of the group.
 """
 
 from __future__ import annotations
