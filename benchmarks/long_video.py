@@ -95,7 +95,7 @@ def worker(args) -> None:
         from tpo_fast.models.tiled_mlp import enable_tiled_mlp
 
         enable_tiled_mlp(policy.adapter.base, args.tiles)
-    sp, _ = init_sequence_parallel(args.sp, config.get_text_config())
+    sp, _ = init_sequence_parallel(args.sp, config)
     policy.enable_sequence_parallel(sp)
     rows = []
     first = make_pairs(policy, config, 1, shape["ladder"][0], None, shape["response_tokens"])

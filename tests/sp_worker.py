@@ -28,7 +28,7 @@ def main(family: str, out: str):
     tokenizer = tiny_tokenizer(family)
     model = tiny_model(family, tokenizer, seed=0, hidden=64)
     policy = PreferenceModel(model, attention_backend="sdpa")
-    sp, _ = init_sequence_parallel(2, model.config.get_text_config())
+    sp, _ = init_sequence_parallel(2, model.config)
     # (pairs, seed): several pairs of different lengths; the seeds give an even and an odd
     # token count (the last shard padded); one pair whose prompt fills the first shard (that
     # rank scores no token)

@@ -57,11 +57,20 @@ def check_heads(text_config, size: int) -> None:
             "are split)")
 
 
-def init_sequence_parallel(size: int, text_config) -> tuple[SequenceParallel | None, object]:
+def language_config(config):
+    """The language model's config of a (multimodal) model config: its text config."""
+    if hasattr(config, "get_text_config"):
+        return config.get_text_config()
+    return getattr(config, "text_config", config)  # LongVA's LongVAConfig
+
+
+def init_sequence_parallel(size: int, config) -> tuple[SequenceParallel | None, object]:
     """(SequenceParallel, DeepSpeed's mpu for ``deepspeed.initialize``) or (None, None) for
-    size 1. Needs the process group (``deepspeed.init_distributed``) to exist."""
+    size 1; ``config`` is the model's (or its language model's) config. Needs the process group
+    (``deepspeed.init_distributed``) to exist."""
     if size == 1:
         return None, None
+    text_config = language_config(config)
     import deepspeed.runtime.sequence_parallel.parallel_state_sp as mpu
     from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
 
@@ -146,8 +155,9 @@ def shard_features(features, first: int, end: int, total: int):
     """The rows ``[first, end)`` of a micro-batch's video features (``batch_video_features``
     output, ``total`` rows), in the structure the base forward takes: [1, rows, H] tensors are
     cut along the rows, per-video tuples become a one-entry tuple, per-layer lists (e.g.
-    deepstack features) are cut entry by entry. Fields the base forward does not read (the
-    tower's hidden states) are left out, as ``merge_features`` does."""
+    Qwen3-VL's deepstack features, a list of per-video tuples) are cut entry by entry. Fields
+    the base forward does not read (the tower's hidden states) are left out, as
+    ``merge_features`` does."""
     from types import SimpleNamespace
 
     from tpo_fast.models.generic import _feature_fields
@@ -174,6 +184,9 @@ def _cut(value, first: int, end: int, total: int, name: str):
             return type(value)([rows])
         if all(_rows(v) == total for v in value):  # one entry per layer
             return type(value)(_cut(v, first, end, total, name) for v in value)
+    elif isinstance(value, (tuple, list)) and value and all(
+            isinstance(v, (tuple, list)) for v in value):  # per layer, each per video
+        return type(value)(_cut(v, first, end, total, name) for v in value)
     raise NotImplementedError(
         f"sequence parallelism cannot split the video feature field {name!r} "
         f"({type(value).__name__}) over the token shards: it is neither one row per video "
@@ -286,5 +299,5 @@ def gather_scored(local: torch.Tensor, plan: ShardPlan, sp: SequenceParallel) ->
 
 
 __all__ = ["SequenceParallel", "ShardPlan", "ShardedAttention", "check_heads", "encode_split",
-           "gather_scored", "gathered_attention", "init_sequence_parallel", "shard_features",
+           "gather_scored", "language_config", "gathered_attention", "init_sequence_parallel", "shard_features",
            "shard_plan"]

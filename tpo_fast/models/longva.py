@@ -286,6 +286,14 @@ class LongVAAdapter(_LlavaAdapter):
         frames = torch.cat([v["pixel_values_videos"][0] for v in videos])
         return SimpleNamespace(pooler_output=self.model.get_video_features(frames)[None])
 
+    # sequence parallelism: frames are independent units (no per-video newline)
+    def unit_features(self, units: list) -> torch.Tensor:
+        out = self.model.get_video_features(torch.stack(units))
+        return out.reshape(-1, out.shape[-1])
+
+    def assemble_features(self, rows: torch.Tensor, videos: list[Video]):
+        return SimpleNamespace(pooler_output=rows[None])
+
     def prompt_ids(self, tokenizer, question: str, video: Video, system: str | None = None,
                    chat_template: str | None = None) -> list[int]:
         """LongVA's ``qwen_1_5`` conversation with ``<image>\\n`` before the question; the text

@@ -130,10 +130,9 @@ def _sequence_parallel(cfg: TrainConfig, policy):
         from tpo_fast.models.tiled_mlp import enable_tiled_mlp
 
         enable_tiled_mlp(policy.adapter.base, cfg.deepspeed.tiled_mlp)
-    config = policy.model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
     try:
-        sp, mpu = init_sequence_parallel(cfg.deepspeed.sequence_parallel_size, text)
+        sp, mpu = init_sequence_parallel(cfg.deepspeed.sequence_parallel_size,
+                                         policy.model.config)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     policy.enable_sequence_parallel(sp)

@@ -69,7 +69,7 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
             raise ConfigError(f"deepspeed.sequence_parallel_size={sp_size} does not divide the "
                               f"{world} processes")
         try:
-            sp, _ = init_sequence_parallel(sp_size, model.config.get_text_config())
+            sp, _ = init_sequence_parallel(sp_size, model.config)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         policy.enable_sequence_parallel(sp)
