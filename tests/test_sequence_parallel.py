@@ -11,8 +11,8 @@
 * the user's path: ``tpo-fast train ... deepspeed.sequence_parallel_size=2`` from a model
   folder on 2 processes under ZeRO-3 (live reference; LoRA with gradient checkpointing and the
   tiled MLP) equals the 1-process ZeRO-3 run step by step (loss, gradient norm) and in the
-  exported weights, and
-  ``ref-logps`` with SP = 2 equals 1 process;
+  exported weights; 4 processes as DP 2 x SP 2 equal it too; and ``ref-logps`` with SP = 2
+  equals 1 process;
 * clear errors where Ulysses cannot split.
 """
 
@@ -262,6 +262,21 @@ def test_train_cli_with_sequence_parallel_equals_one_process(family, extra, sp_f
     _assert_same_weights(tmp_path / "sp1" / "final", tmp_path / "sp2" / "final", folder)
     summary = json.loads((tmp_path / "sp2" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["reference"] == "model"
+
+
+@pytest.mark.multiprocess_cpu
+def test_two_data_parallel_groups_of_two_equal_one_process(sp_folders, tmp_path):
+    """4 processes = DP 2 x SP 2: the pairs split over the two groups (each step's tokens
+    counted once), the gradient summed over each group and over the groups."""
+    folder, pairs = sp_folders["qwen2_vl"], sp_folders["pairs"]
+    four = _train(folder, pairs, tmp_path / "dp2sp2", "deepspeed.zero_stage=3",
+                  "deepspeed.sequence_parallel_size=2", nproc=4)
+    one = _train(folder, pairs, tmp_path / "one", "deepspeed.zero_stage=3")
+    assert len(one) == 3
+    assert_losses_equal(one, four)
+    for a, b in zip(one, four):
+        assert a["tokens"] == b["tokens"]
+        assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * a["grad_norm"], (a, b)
 
 
 @pytest.mark.multiprocess_cpu
