@@ -43,22 +43,23 @@ SHAPES = {
                 dtype="float32"),
     "cuda": dict(text=None, vision=None, ladder=(64, 128, 256, 512, 1024), cap_mib=120 * 1024,
                  response_tokens=256, dtype="bfloat16"),
-    "smoke": dict(text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                            num_attention_heads=4, num_key_value_heads=2, vocab_size=None),
-                  vision=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                              num_attention_heads=2, image_size=28, patch_size=14),
-                  ladder=(2, 4), cap_mib=4096, response_tokens=4, dtype="float32"),
+    # train_throughput's smoke model
+    "smoke": dict(text=None, vision=None, ladder=(2, 4), cap_mib=4096, response_tokens=4,
+                  dtype="float32"),
 }
 CONFIGS = ((1, 0), (1, 4), (2, 0), (2, 4))  # (SP, tiled-MLP tiles; 0: off)
 SMOKE_CONFIGS = ((1, 0), (2, 4))  # each code path once
 
 
 def _shape(name: str, layers: int) -> dict:
-    from benchmarks.train_throughput import QWEN2_7B_TEXT, SIGLIP_SO400M
+    from benchmarks import train_throughput as tt
 
     shape = dict(SHAPES[name])
     if name == "cuda":
-        shape.update(text=dict(QWEN2_7B_TEXT, num_hidden_layers=layers), vision=SIGLIP_SO400M)
+        shape.update(text=dict(tt.QWEN2_7B_TEXT, num_hidden_layers=layers),
+                     vision=tt.SIGLIP_SO400M)
+    elif name == "smoke":
+        shape.update(text=tt.SHAPES["smoke"]["text"], vision=tt.SHAPES["smoke"]["vision"])
     return shape
 
 

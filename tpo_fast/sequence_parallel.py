@@ -74,7 +74,7 @@ def init_sequence_parallel(size: int, config) -> tuple[SequenceParallel | None, 
     import deepspeed.runtime.sequence_parallel.parallel_state_sp as mpu
     from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
 
-    world = dist.get_world_size()
+    world = dist.get_world_size() if dist.is_initialized() else 1
     if world % size:
         raise ValueError(f"deepspeed.sequence_parallel_size={size} does not divide the "
                          f"{world} processes (ranks form DP x SP groups)")
@@ -105,7 +105,8 @@ class ShardPlan:
     start, length: the shard is packed tokens ``[start, start + length)`` (tokens past
     ``tokens`` are padding). input_ids [length], position_ids [length] or [D, length]: the
     shard's (padding: a non-video token at position 0). video_rows: (first, end) rows of the
-    micro-batch's video features that the shard's video tokens take. scored [N_r]: which of the
+    micro-batch's video features that the shard's video tokens take; video_tokens: all of
+    them (the features' row count). scored [N_r]: which of the
     N scored tokens (``logit_index`` order) this rank scores; local_rows [N_r]: their rows in
     the shard. counts: N_r of every rank of the group; order [N]: the scored indices of all
     ranks, rank after rank (``gather_scored`` puts the joined values back with it).
@@ -119,6 +120,7 @@ class ShardPlan:
     input_ids: torch.Tensor
     position_ids: torch.Tensor
     video_rows: tuple[int, int]
+    video_tokens: int
     scored: torch.Tensor
     local_rows: torch.Tensor
     counts: tuple[int, ...]
@@ -147,6 +149,7 @@ def shard_plan(batch, size: int, rank: int, video_token_id: int) -> ShardPlan:
     return ShardPlan(size=size, rank=rank, tokens=T, start=start, length=length,
                      input_ids=local_ids, position_ids=local_pos,
                      video_rows=(int(before[min(start, T)]), int(before[stop])),
+                     video_tokens=int(before[T]),
                      scored=scored, local_rows=logit_index[scored] - start,
                      counts=tuple(len(x) for x in per_rank), order=torch.cat(per_rank))
 

@@ -155,8 +155,7 @@ class PreferenceModel(nn.Module):
         from tpo_fast.sequence_parallel import ShardedAttention, shard_features
 
         plan, device = batch.shard, self.device
-        total = sum(self.adapter.num_video_tokens(v) for v in batch.videos)
-        features = shard_features(features, *plan.video_rows, total)
+        features = shard_features(features, *plan.video_rows, plan.video_tokens)
         positions = torch.arange(plan.start, plan.start + plan.length, device=device)[None]
         attention = ShardedAttention(packed, self.sequence_parallel, positions)
         with packed_forward():
@@ -172,13 +171,14 @@ class PreferenceModel(nn.Module):
         sequence parallelism each rank scores its shard's tokens and the group joins them."""
         from tpo_fast.kernels import linear_logprobs
 
+        batch = self.shard(batch)  # once, for hidden_states and here
         hidden = self.hidden_states(batch, features)
         device = hidden.device
         if self.sequence_parallel is None:
             return linear_logprobs(hidden, self.lm_head_weight(), batch.target_ids.to(device))
         from tpo_fast.sequence_parallel import gather_scored
 
-        plan = self.shard(batch).shard
+        plan = batch.shard
         targets = batch.target_ids.to(device).index_select(0, plan.scored.to(device))
         weight = self.lm_head_weight()
         if hidden.shape[0]:

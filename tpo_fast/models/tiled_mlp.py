@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import types
 
+import torch
 from torch import nn
 
 
@@ -32,8 +33,6 @@ def _padded(x, tiles: int):
     """(x padded with zero tokens to a multiple of ``tiles``, tiles): ``torch.chunk`` inside
     TiledMLP then makes exactly ``tiles`` tiles whatever the token count, so every rank runs the
     MLP's modules the same number of times (under ZeRO-3 each run gathers parameters)."""
-    import torch
-
     pad = -x.shape[-2] % tiles
     if pad:
         x = torch.cat([x, x.new_zeros(*x.shape[:-2], pad, x.shape[-1])], dim=-2)

@@ -121,22 +121,15 @@ def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
 
 
 def _sequence_parallel(cfg: TrainConfig, policy):
-    """(SequenceParallel, DeepSpeed mpu) for ``deepspeed.sequence_parallel_size`` > 1, with the
-    policy switched to it; ALST's tiled MLP where ``deepspeed.tiled_mlp`` asks for it."""
-    from tpo_fast.config import ConfigError
-    from tpo_fast.sequence_parallel import init_sequence_parallel
+    """``enable_sequence_parallel``, and ALST's tiled MLP where ``deepspeed.tiled_mlp`` asks
+    for it."""
+    from tpo_fast.train.setup import enable_sequence_parallel
 
     if cfg.deepspeed.tiled_mlp:
         from tpo_fast.models.tiled_mlp import enable_tiled_mlp
 
         enable_tiled_mlp(policy.adapter.base, cfg.deepspeed.tiled_mlp)
-    try:
-        sp, mpu = init_sequence_parallel(cfg.deepspeed.sequence_parallel_size,
-                                         policy.model.config)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    policy.enable_sequence_parallel(sp)
-    return sp, mpu
+    return enable_sequence_parallel(cfg, policy)
 
 
 def _write_synthetic_pairs(cfg: TrainConfig, rank: int) -> None:

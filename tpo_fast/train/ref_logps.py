@@ -50,7 +50,7 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
     from tpo_fast.data.pairs import read_pairs, write_pairs_atomic
     from tpo_fast.models import PreferenceModel
     from tpo_fast.packing import plan_bins
-    from tpo_fast.train.setup import load_tokenizer_and_model
+    from tpo_fast.train.setup import enable_sequence_parallel, load_tokenizer_and_model
 
     rank, world, rank_device = _process_group()
     source = Path(cfg.data.train)
@@ -60,19 +60,8 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
         "cuda" if torch.cuda.is_available() else "cpu")
     policy = PreferenceModel(model.to(device).eval(),
                              attention_backend=cfg.model.attention_backend)
+    enable_sequence_parallel(cfg, policy)  # the training layout (an SP group, one batch)
     sp_size = cfg.deepspeed.sequence_parallel_size
-    if sp_size > 1:  # the training layout: an SP group scores one micro-batch, split
-        from tpo_fast.config import ConfigError
-        from tpo_fast.sequence_parallel import init_sequence_parallel
-
-        if world % sp_size:
-            raise ConfigError(f"deepspeed.sequence_parallel_size={sp_size} does not divide the "
-                              f"{world} processes")
-        try:
-            sp, _ = init_sequence_parallel(sp_size, model.config)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        policy.enable_sequence_parallel(sp)
     dp_world, dp_rank = world // sp_size, rank // sp_size
     dataset = TPODataset(records, policy, tokenizer, cfg.data)
     p, c, r = dataset.lengths()

@@ -78,6 +78,22 @@ def backward_scale(cfg: TrainConfig, world: int) -> int:
     return world if cfg.deepspeed.zero_stage == 3 else world // sp
 
 
+def enable_sequence_parallel(cfg: TrainConfig, policy):
+    """(SequenceParallel, DeepSpeed mpu) for ``deepspeed.sequence_parallel_size`` > 1 with
+    ``policy`` (a PreferenceModel) switched to it, or (None, None); what Ulysses cannot split
+    is a ConfigError."""
+    from tpo_fast.config import ConfigError
+    from tpo_fast.sequence_parallel import init_sequence_parallel
+
+    try:
+        sp, mpu = init_sequence_parallel(cfg.deepspeed.sequence_parallel_size,
+                                         policy.model.config)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    policy.enable_sequence_parallel(sp)
+    return sp, mpu
+
+
 ROLES = ("policy", "reference", "score")
 
 
