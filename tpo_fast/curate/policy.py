@@ -134,14 +134,14 @@ def load_video_llm(path: str | None, tiny: str | None, dtype: str, device: str):
     else:
         from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-        from tpo_fast.models.longva_checkpoint import is_longva_checkpoint, load_longva
+        from tpo_fast.models.llava_next_layout import is_llava_next_checkpoint, load_llava_next
 
         if not Path(path).is_dir():
             raise FileNotFoundError(f"model folder {path} does not exist (models load from "
                                     "local Hugging Face folders)")
         tokenizer = AutoTokenizer.from_pretrained(path)
-        if is_longva_checkpoint(path):
-            model = load_longva(path, dtype=torch_dtype)
+        if is_llava_next_checkpoint(path):  # LongVA / LLaVA-Video
+            model = load_llava_next(path, dtype=torch_dtype)
         else:
             model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
         name = str(path)

@@ -141,7 +141,8 @@ class TPODataset:
         frames = torch.empty((len(plan.indices), info.height, info.width, 3), dtype=torch.uint8,
                              device="meta")
         return preprocess_video(frames, self.model_config, timestamps=plan.timestamps,
-                                fps=plan_sampling_fps(plan, info.fps), **self._preprocess_kwargs())
+                                fps=plan_sampling_fps(plan, info.fps), duration=info.duration,
+                                **self._preprocess_kwargs())
 
     # ---- batches -------------------------------------------------------------------------------
     def video_inputs(self, i: int) -> dict:

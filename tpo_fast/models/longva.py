@@ -172,11 +172,11 @@ class LongVAForCausalLM(nn.Module):
     """
 
     def __init__(self, config: LongVAConfig, attn_implementation: str = "sdpa"):
-        from transformers import CLIPVisionModel, Qwen2Model
+        from transformers import Qwen2Model
 
         super().__init__()
         self.config = copy.deepcopy(config)  # the sub-models keep (and may switch) their own
-        self.vision_tower = CLIPVisionModel(self.config.vision_config)
+        self.vision_tower = self.vision_model_class()(self.config.vision_config)
         self.mm_projector = build_projector(self.config)
         self.language_model = Qwen2Model(self.config.text_config)
         text = self.config.text_config
@@ -185,6 +185,12 @@ class LongVAForCausalLM(nn.Module):
             self.lm_head.weight = self.language_model.embed_tokens.weight
         self.vision_tower.set_attn_implementation(attn_implementation)
         self.language_model.set_attn_implementation(attn_implementation)
+
+    @staticmethod
+    def vision_model_class():
+        from transformers import CLIPVisionModel
+
+        return CLIPVisionModel
 
     @property
     def dtype(self) -> torch.dtype:

@@ -8,6 +8,7 @@ from tpo_fast.models.generic import GenericVideoAdapter
 from tpo_fast.models.image_frames import InternVLAdapter, SmolVLMAdapter
 from tpo_fast.models.kimi import KimiK25Adapter
 from tpo_fast.models.llava import LlavaNextVideoAdapter, LlavaOnevisionAdapter, VideoLlavaAdapter
+from tpo_fast.models.llava_video import LlavaVideoAdapter
 from tpo_fast.models.longva import LongVAAdapter
 from tpo_fast.models.omni import OmniThinkerAdapter
 from tpo_fast.models.qwen_vl import Qwen2_5VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
@@ -17,7 +18,7 @@ ADAPTERS: dict[str, type[VideoLLMAdapter]] = {
     for cls in (LlavaOnevisionAdapter, LlavaNextVideoAdapter, Qwen2VLAdapter, Qwen2_5VLAdapter,
                 Qwen3VLAdapter, LongVAAdapter, Qwen3StyleAdapter, Glm4vStyleAdapter, Glm46vAdapter,
                 InternVLAdapter, SmolVLMAdapter, VideoLlavaAdapter, KimiK25Adapter,
-                OmniThinkerAdapter)
+                OmniThinkerAdapter, LlavaVideoAdapter)
     for t in cls.model_types
 }
 # Families without a hand-written adapter that run through GenericVideoAdapter, each checked

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-FAMILIES = ("llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "longva")
+FAMILIES = ("llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "longva",
+            "llava_video")
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<video>",
                   "<image>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>",
@@ -43,6 +44,7 @@ CHAT_TEMPLATES = {
 }
 CHAT_TEMPLATES["qwen2_5_vl"] = CHAT_TEMPLATES["qwen3_vl"] = CHAT_TEMPLATES["qwen2_vl"]
 CHAT_TEMPLATES["longva"] = _CHATML.replace("VIDEO", "<image>\n")  # LongVA renders its own prompt
+CHAT_TEMPLATES["llava_video"] = CHAT_TEMPLATES["longva"]  # (as does LLaVA-Video)
 
 
 def tiny_tokenizer(family: str, words: list[str] | None = None, lowercase: bool = False):
@@ -86,6 +88,8 @@ def tiny_config(family: str, tokenizer, frame_size: int = 16, hidden: int = 32, 
                 pad_token_id=ids["<pad>"], tie_word_embeddings=False)
     if family == "longva":
         return _tiny_longva_config(text, frame_size)
+    if family == "llava_video":
+        return _tiny_llava_video_config(text, frame_size)
     if family.startswith("llava"):
         vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                       num_attention_heads=2, image_size=frame_size, patch_size=4)
@@ -131,6 +135,12 @@ def tiny_model(family: str, tokenizer, *, seed: int = 0, attn_implementation: st
         from tpo_fast.models.longva import LongVAForCausalLM
 
         return LongVAForCausalLM(config, attn_implementation=attn_implementation).to(dtype).eval()
+    if family == "llava_video":  # LLaVA-NeXT layout too: SigLIP + projector + newline + Qwen2
+        from tpo_fast.models.llava_video import LlavaVideoForCausalLM
+
+        model = LlavaVideoForCausalLM(config, attn_implementation=attn_implementation)
+        torch.nn.init.normal_(model.image_newline, std=config.text_config.hidden_size ** -0.5)
+        return model.to(dtype).eval()
     options = dict(attn_implementation=attn_implementation, dtype=dtype)
     if family in GENERIC_TINY_FAMILIES:
         # plain-loop MoE experts: grouped_mm has no float64 (the tests' ground truth) on CPU
@@ -149,7 +159,11 @@ def random_video(family: str, config, frames: int, seed: int = 0, fps: float = 2
         return {"pixel_values": frames_[None] if family == "smolvlm" else frames_}
     if family in FRAME_FAMILIES or family.startswith(("llava", "longva")):
         size = config.vision_config.image_size
-        return {"pixel_values_videos": torch.randn(1, frames, 3, size, size, generator=g)}
+        video = {"pixel_values_videos": torch.randn(1, frames, 3, size, size, generator=g)}
+        if family == "llava_video":  # what its time instruction states
+            video["frame_timestamps"] = [(i + 0.5) / fps for i in range(frames)]
+            video["video_seconds"] = frames / fps
+        return video
     vision = config.vision_config
     tp, p = getattr(vision, "temporal_patch_size", 1), vision.patch_size
     tm = getattr(vision, "temporal_merge_size", 1)  # ERNIE-4.5-VL merges grid steps in time
@@ -190,6 +204,26 @@ def _tiny_longva_config(text: dict, frame_size: int):
                  mm_spatial_pool_mode="average", mm_spatial_pool_stride=2,
                  mm_resampler_type=None, mm_use_im_start_end=False, image_aspect_ratio="anyres")
     return LongVAConfig(llava, vision)
+
+
+def _tiny_llava_video_config(text: dict, frame_size: int):
+    """A LLaVA-Video config: the LLaVA-Video-7B-Qwen2 config.json fields (tiny sizes; see
+    tpo_fast.models.llava_video) and a tiny SigLIP tower."""
+    from tpo_fast.models.llava_video import LlavaVideoConfig
+
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=frame_size, patch_size=4)
+    llava = dict(text, architectures=["LlavaQwenForCausalLM"], model_type="llava",
+                 hidden_act="silu", rms_norm_eps=1e-6, rope_theta=1e6, use_sliding_window=False,
+                 torch_dtype="float32", mm_vision_tower="tiny-random-siglip", mm_hidden_size=16,
+                 mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
+                 mm_vision_select_feature="patch", mm_patch_merge_type="spatial_unpad",
+                 mm_newline_position="grid", mm_spatial_pool_mode="bilinear",
+                 mm_spatial_pool_stride=2, mm_resampler_type=None, mm_use_im_start_end=False,
+                 mm_use_im_patch_token=False, image_aspect_ratio="anyres_max_9",
+                 add_faster_video=False, faster_token_stride=10, add_time_instruction=True,
+                 force_sample=True)
+    return LlavaVideoConfig(llava, vision)
 
 
 def _check_family(family: str) -> None:

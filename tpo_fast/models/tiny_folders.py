@@ -1,5 +1,6 @@
 """Tiny random models written as model folders on disk, loadable the way a real checkpoint is
-(``model.path``: ``from_pretrained``, or ``load_longva`` for LongVA's LLaVA-NeXT layout). Tests
+(``model.path``: ``from_pretrained``, or ``load_llava_next`` for LongVA's and LLaVA-Video's
+LLaVA-NeXT layout). Tests
 and trials of the presets use them to take the user's path: a folder, not an in-memory object.
 """
 
@@ -23,15 +24,15 @@ def save_tiny_model(family: str, folder, *, seed: int = 0, hidden: int = 32, lay
     tokenizer = tiny_tokenizer(family)
     model = tiny_model(family, tokenizer, seed=seed, hidden=hidden, layers=layers,
                        frame_size=frame_size, dtype=dtype)
-    if family == "longva":
-        from tpo_fast.models import save_longva
+    if family in ("longva", "llava_video"):
+        from tpo_fast.models import save_llava_next
 
         # A real LongVA names a known CLIP tower; the tiny one's config goes into a folder that
         # config.json's mm_vision_tower points at (a local tower folder is what LongVA reads).
         tower = folder.resolve() / "vision_tower"
         model.config.vision_config.save_pretrained(tower)
         model.config.llava["mm_vision_tower"] = str(tower)
-        save_longva(model, folder, tokenizer=tokenizer, overwrite=True)
+        save_llava_next(model, folder, tokenizer=tokenizer, overwrite=True)
         return folder
     if hasattr(model.config, "vision_config") and hasattr(model.config.vision_config,
                                                           "spatial_merge_size"):

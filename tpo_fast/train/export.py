@@ -96,10 +96,10 @@ def export_model(model: nn.Module, tokenizer, final: Path, *, zero3: bool, rank:
     merged, lora = gathered_weights(base, zero3=zero3, rank=rank)
     if rank == 0:
         final.mkdir(parents=True, exist_ok=True)
-        if getattr(base.config, "model_type", None) == "longva":
-            from tpo_fast.models import save_longva
+        if getattr(base.config, "model_type", None) in ("longva", "llava_video"):
+            from tpo_fast.models import save_llava_next  # back to the LLaVA-NeXT layout
 
-            save_longva(base, final, tokenizer=tokenizer, state_dict=merged, overwrite=True)
+            save_llava_next(base, final, tokenizer=tokenizer, state_dict=merged, overwrite=True)
         else:
             _save_plain(base, final, merged)
             tokenizer.save_pretrained(final)

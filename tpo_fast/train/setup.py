@@ -133,12 +133,12 @@ def load_tokenizer_and_model(cfg: TrainConfig, ds_config: dict | None, role: str
             if ds_config is None:
                 raise ValueError("a ZeRO-3 build needs the DeepSpeed config")
             keep_alive = HfDeepSpeedConfig(ds_config)
-        from tpo_fast.models import is_longva_checkpoint, load_longva
+        from tpo_fast.models import is_llava_next_checkpoint, load_llava_next
 
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-        if is_longva_checkpoint(cfg.model.path):  # LLaVA-NeXT layout: not a transformers class
-            model = load_longva(cfg.model.path, dtype=dtype,
-                                zero3_config=ds_config if keep_alive is not None else None)
+        if is_llava_next_checkpoint(cfg.model.path):  # LongVA / LLaVA-Video: not transformers
+            model = load_llava_next(cfg.model.path, dtype=dtype,
+                                    zero3_config=ds_config if keep_alive is not None else None)
         else:
             model = AutoModelForImageTextToText.from_pretrained(cfg.model.path, dtype=dtype)
     if role != "policy":

@@ -73,6 +73,7 @@ def load_video_inputs(path: str | os.PathLike, model_config, *, num_frames: int 
     frames = decode(info, chosen.indices, backend=backend, device=device, threads=threads,
                     fallback=fallback)
     preprocess_kwargs.setdefault("fps", plan_sampling_fps(chosen, info.fps))
+    preprocess_kwargs.setdefault("duration", info.duration)
     inputs = preprocess_video(frames, model_config, timestamps=chosen.timestamps,
                               **preprocess_kwargs)
     return inputs, chosen

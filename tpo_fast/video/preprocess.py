@@ -40,6 +40,7 @@ LLAVA_FAMILIES = {  # model_type: (mean, std, shortest-side resize + centre crop
     "llava_onevision": (HALF, HALF, False),
     "llava_next_video": (CLIP_MEAN, CLIP_STD, True),
     "longva": (CLIP_MEAN, CLIP_STD, True),
+    "llava_video": (HALF, HALF, False),  # LLaVA-NeXT's SigLipImageProcessor: 384 x 384, 0.5
 }
 QWEN_FAMILIES = {  # model_type: (mean, std)
     "qwen2_vl": (CLIP_MEAN, CLIP_STD),
@@ -100,7 +101,8 @@ def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 # -- LLaVA-style families ----------------------------------------------------------------------
 
-def _llava(frames: torch.Tensor, model_config, family: str, size, mean, std) -> dict:
+def _llava(frames: torch.Tensor, model_config, family: str, size, mean, std, timestamps=None,
+           duration=None) -> dict:
     side = int(model_config.vision_config.image_size)
     if size is not None and tuple(size) != (side, side):
         raise ValueError(f"{family} takes {side}x{side} frames (vision_config.image_size); "
@@ -112,7 +114,12 @@ def _llava(frames: torch.Tensor, model_config, family: str, size, mean, std) -> 
     else:
         x = resize(x, side, side)
     x = normalize(x, mean or default_mean, std or default_std)
-    return {"pixel_values_videos": x.unsqueeze(0)}
+    out = {"pixel_values_videos": x.unsqueeze(0)}
+    if family == "llava_video" and timestamps is not None and duration is not None:
+        # LLaVA-Video's time instruction (tpo_fast.models.llava_video) states both
+        out["frame_timestamps"] = _frame_timestamps(x.shape[0], timestamps, None)
+        out["video_seconds"] = float(duration)
+    return out
 
 
 # -- Qwen-VL families --------------------------------------------------------------------------
@@ -220,7 +227,7 @@ def preprocess_video(frames: torch.Tensor, model_config, *,
                      timestamps: Sequence[float] | None = None, fps: float | None = None,
                      size: tuple[int, int] | None = None, min_pixels: int | None = None,
                      max_pixels: int | None = None, mean: Sequence[float] | None = None,
-                     std: Sequence[float] | None = None) -> dict:
+                     std: Sequence[float] | None = None, duration: float | None = None) -> dict:
     """The model's video inputs from uint8 frames [n, H, W, 3] (CPU or CUDA; the outputs'
     pixel tensors stay on that device; grids and times are CPU).
 
@@ -237,10 +244,12 @@ def preprocess_video(frames: torch.Tensor, model_config, *,
     ``timestamps``, else ``i / fps``. ``size=(h, w)`` overrides the Qwen resize target (multiples
     of p*m); ``min_pixels``/``max_pixels`` override its bounds (match a checkpoint's
     ``video_preprocessor_config.json``); ``mean``/``std`` override the normalisation.
+    llava_video also returns ``"frame_timestamps"`` and ``"video_seconds"`` (= ``duration``, the
+    whole video's length) when both are given, for LLaVA-Video's time instruction.
     """
     family = getattr(model_config, "model_type", None)
     if family in LLAVA_FAMILIES:
-        return _llava(frames, model_config, family, size, mean, std)
+        return _llava(frames, model_config, family, size, mean, std, timestamps, duration)
     if family in QWEN_FAMILIES:
         return _qwen(frames, model_config, family, timestamps=timestamps, fps=fps, size=size,
                      min_pixels=min_pixels, max_pixels=max_pixels, mean=mean, std=std)
