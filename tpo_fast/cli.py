@@ -96,6 +96,17 @@ def cmd_make_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert a LLaVA-NeXT-layout LLaVA-Video folder into transformers' LLaVA-OneVision layout."""
+    from tpo_fast.models.llava_video_checkpoint import convert_to_llava_onevision
+
+    out = convert_to_llava_onevision(args.source, args.out, dtype=args.dtype,
+                                     overwrite=args.overwrite)
+    print(f"tpo-fast convert: {args.source} (LLaVA-NeXT layout) -> {out} "
+          "(transformers LlavaOnevisionForConditionalGeneration)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole method on a CPU with nothing downloaded: synthetic videos, a weak tiny
     Qwen2-VL, self-curated TPO pairs, TPO training, and base vs TPO on held-out videos."""
@@ -180,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--videos", type=int, default=8)
     pairs.add_argument("--seed", type=int, default=0)
     pairs.set_defaults(func=cmd_make_pairs)
+    convert = sub.add_parser("convert", help=cmd_convert.__doc__)
+    convert.add_argument("source", help="a LLaVA-Video folder in the LLaVA-NeXT layout")
+    convert.add_argument("out", help="the transformers LLaVA-OneVision folder to write")
+    convert.add_argument("--dtype", help="float32, bfloat16, ... (default: the checkpoint's)")
+    convert.add_argument("--overwrite", action="store_true")
+    convert.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -96,7 +96,11 @@ def resolve_vision_config(llava: dict, shapes: dict[str, tuple], vision_config=N
             f"the SigLIP config of vision tower {name!r} is not known offline: pass "
             "vision_config= (a SiglipVisionConfig, a folder holding its config.json, or a dict "
             f"with at least num_attention_heads; the weights give {derived})")
-    wrong = {k: (getattr(config, k), v) for k, v in derived.items() if getattr(config, k) != v}
+    # (so400m: 384 px / 14 px patches = a 27-patch side, the last 6 pixels unused)
+    derived["patches_per_side"] = derived.pop("image_size") // derived["patch_size"]
+    given = {k: getattr(config, k) for k in derived if k != "patches_per_side"}
+    given["patches_per_side"] = config.image_size // config.patch_size
+    wrong = {k: (given[k], v) for k, v in derived.items() if given[k] != v}
     if wrong:
         raise LlavaVideoCheckpointError("the vision config does not match the checkpoint's "
                                         "tower (field: (config, weights)): " + str(wrong))
@@ -158,7 +162,8 @@ def onevision_state_dict(model: LlavaVideoForCausalLM) -> dict[str, torch.Tensor
     out = {}
     for name, tensor in model.state_dict().items():
         if name.startswith("vision_tower."):
-            key = "model.vision_tower.vision_model." + name.removeprefix("vision_tower.")
+            # (both towers are the same transformers class: its module path is ours)
+            key = "model.vision_tower." + name.removeprefix("vision_tower.")
         elif name.startswith("mm_projector."):
             index, rest = name.removeprefix("mm_projector.").split(".", 1)
             key = f"model.multi_modal_projector.linear_{int(index) // 2 + 1}.{rest}"
@@ -239,7 +244,7 @@ def convert_to_llava_onevision(path, out, *, tokenizer=None, dtype=None,
             tokenizer.add_tokens(AddedToken(token, special=True, normalized=False),
                                  special_tokens=True)
     hf_config = onevision_config(model, tokenizer)
-    hf_config.torch_dtype = model.dtype
+    hf_config.dtype = model.dtype
     with building(model.dtype, "cpu"):
         hf = LlavaOnevisionForConditionalGeneration(hf_config)
     state = onevision_state_dict(model)

@@ -171,6 +171,8 @@ class LongVAForCausalLM(nn.Module):
     The packed path (``LongVAAdapter``) reuses ``get_video_features`` and ``embed``.
     """
 
+    base_model_prefix = ""  # what transformers' (and peft's) module walks read on a model
+
     def __init__(self, config: LongVAConfig, attn_implementation: str = "sdpa"):
         from transformers import Qwen2Model
 

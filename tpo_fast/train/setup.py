@@ -174,4 +174,5 @@ def _with_lora(model, lora):
     return get_peft_model(model, LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
         target_modules=lora.target_modules, exclude_modules=excluded or None,
-        task_type="CAUSAL_LM"))
+        # LongVA / LLaVA-Video are no transformers PreTrainedModel (no generation API to wrap)
+        task_type="CAUSAL_LM" if hasattr(model, "prepare_inputs_for_generation") else None))
