@@ -66,7 +66,8 @@ def folders(tmp_path_factory):
     return {"llava_onevision": save_tiny_model("llava_onevision", root / "llava_onevision",
                                                hidden=64),
             "qwen2_5_vl": save_tiny_model("qwen2_5_vl", root / "qwen2_5_vl", frame_size=32),
-            "longva": save_tiny_model("longva", root / "longva")}
+            "longva": save_tiny_model("longva", root / "longva"),
+            "llava_video": save_tiny_model("llava_video", root / "llava_video")}
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +153,8 @@ def _train_presets():
                   if "model" in (yaml.safe_load(p.read_text()) or {}))
 
 
-PRESET_FAMILY = {"tiny": "llava_onevision", "llava_video_7b_tpo": "llava_onevision",
-                 "llava_video_7b_tpo_lora": "llava_onevision",
+PRESET_FAMILY = {"tiny": "llava_onevision", "llava_video_7b_tpo": "llava_video",
+                 "llava_video_7b_tpo_lora": "llava_video",
                  "llava_onevision_0_5b_tpo": "llava_onevision", "longva_7b_tpo": "longva",
                  "qwen2_5_vl_7b_tpo": "qwen2_5_vl"}
 

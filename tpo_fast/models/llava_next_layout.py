@@ -48,9 +48,11 @@ class LlavaNextCheckpointError(ValueError):
 
 
 # ---- names ---------------------------------------------------------------------------------
-def checkpoint_names(model: nn.Module) -> dict[str, str]:
+def checkpoint_names(model: nn.Module, keys=None) -> dict[str, str]:
     """{checkpoint name: our state_dict name} for every tensor the folder stores (a tied
-    ``lm_head.weight`` is stored once, as ``model.embed_tokens.weight``)."""
+    ``lm_head.weight`` is stored once, as ``model.embed_tokens.weight``); ``keys``: our names
+    (default: the model's state_dict; an export passes its merged state dict's, since LoRA
+    layers rename the model's own)."""
     # transformers 5.x CLIP/SigLIP vision models have no ``vision_model`` child (older ones do)
     tower = "vision_tower.vision_model." if hasattr(model.vision_tower, "vision_model") \
         else "vision_tower."
@@ -59,7 +61,7 @@ def checkpoint_names(model: nn.Module) -> dict[str, str]:
                       ("lm_head.", "lm_head.")]
     tied = model.config.text_config.tie_word_embeddings
     names = {}
-    for ours in model.state_dict():
+    for ours in (model.state_dict() if keys is None else keys):
         if tied and ours == "lm_head.weight":
             continue
         prefix, theirs = next((p, t) for p, t in ours_to_theirs if ours.startswith(p))
@@ -261,7 +263,7 @@ def write_folder(model: nn.Module, path, config: dict, *, tokenizer=None, dtype=
     tensors = state_dict if state_dict is not None else model.state_dict()
     dtype = as_dtype(dtype)
     named = []
-    for theirs, ours in checkpoint_names(model).items():
+    for theirs, ours in checkpoint_names(model, tensors.keys()).items():
         tensor = tensors[ours].detach()
         named.append((theirs, tensor.to(dtype) if dtype is not None else tensor))
     shards, size = [[]], 0

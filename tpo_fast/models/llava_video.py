@@ -164,6 +164,10 @@ class LlavaVideoConfig:
             warnings.warn(f"mm_spatial_pool_stride {stride} is ignored: LLaVA-NeXT's video path "
                           f"pools with stride {POOL_STRIDE} (get_2dPool's default)", stacklevel=3)
 
+    def to_dict(self) -> dict:
+        """The checkpoint's config.json (what peft and model cards read of a config)."""
+        return copy.deepcopy(self.llava)
+
     @property
     def has_newline(self) -> bool:
         return "unpad" in self.mm_patch_merge_type

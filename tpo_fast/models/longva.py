@@ -141,6 +141,10 @@ class LongVAConfig:
             warnings.warn("use_pos_skipping (random position shifts in training) is ignored",
                           stacklevel=3)
 
+    def to_dict(self) -> dict:
+        """The checkpoint's config.json (what peft and model cards read of a config)."""
+        return copy.deepcopy(self.llava)
+
     @property
     def patches_per_side(self) -> int:
         return self.vision_config.image_size // self.vision_config.patch_size

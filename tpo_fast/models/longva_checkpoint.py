@@ -18,7 +18,9 @@ else from a local folder named by ``mm_vision_tower``, else from ``KNOWN_VISION_
 choice is checked against the weights' shapes.
 
 ``save_longva`` writes the same layout (config.json as loaded, shards + index, optionally the
-tokenizer), so a trained model loads wherever LongVA loads.
+tokenizer), so a trained model loads wherever LongVA loads. The layout's reading, loading and
+writing are shared with LLaVA-Video (``llava_next_layout``); ``LongVACheckpointError`` is its
+``LlavaNextCheckpointError``.
 """
 
 from __future__ import annotations
