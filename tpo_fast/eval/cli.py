@@ -22,9 +22,9 @@ import json
 import sys
 from pathlib import Path
 
+from tpo_fast.eval.protocol import DEFAULT_TASK, task_for
 from tpo_fast.eval.readers import READERS
 from tpo_fast.eval.records import LETTERS, AnnotationError, MCQuestion, ReadStats
-from tpo_fast.eval.protocol import DEFAULT_TASK, task_for
 from tpo_fast.eval.runner import METHODS, PROTOCOLS
 from tpo_fast.eval.scoring import ANSWER_FORMATS
 
