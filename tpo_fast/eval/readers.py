@@ -6,21 +6,30 @@ raises ``AnnotationError`` naming its ``file:line`` (JSONL) or ``file:item N`` (
 0-based); with ``skip_invalid=True`` it is skipped instead and counted in ``ReadStats``. A video
 that does not exist is *not* an annotation error: evaluation counts it as a decode failure.
 
-What each reader is based on (field names as the benchmarks' own loaders use them):
+What each reader is based on (field names as the benchmarks' own loaders use them). Every
+benchmark question also keeps its lmms-eval *document* (``MCQuestion.doc``: the fields of the
+Hugging Face parquet row that lmms-eval's task reads), built from whichever layout was read, for
+the lmms-eval protocol (``tpo_fast.eval.protocol``).
 
 * **Video-MME** — the Hugging Face export ``lmms-lab/Video-MME`` (``videomme/test-*.parquet``;
   its dataset card lists ``video_id, duration, domain, sub_category, url, videoID, question_id,
   task_type, question, options (sequence of "A. ..."), answer ("A")``) and loaders built on it
   (e.g. retake's ``build_videomme_dataset.py``, VideoMind's ``videomme`` dataset), which find the
-  video as ``<videoID>.mp4`` in the unzipped ``data/`` folder. The original GitHub JSON (one item
-  per video with a nested ``questions`` list) is accepted too.
+  video as ``<videoID>.mp4`` in the unzipped ``data/`` folder (some ship as ``.MP4``: extensions
+  match in any case, as lmms-eval's ``videomme_doc_to_visual`` tries ``.MP4`` too). The
+  original GitHub JSON (one item per video with a nested ``questions`` list) is accepted too.
 * **MLVU** — the MLVU dev JSON per task (``json/1_plotQA.json`` ...), as read by MLVU's
   ``choice_bench.py``: ``video, duration (s), question, candidates [texts], answer (the correct
-  candidate's text), question_type``; videos live in ``video/<task file stem>/``.
+  candidate's text), question_type``; videos live in ``video/<task file stem>/``. Items without
+  ``candidates`` (the generation tasks ``8_sub_scene.json``, ``9_summary.json``) are left out by
+  design and counted (``ReadStats.not_multiple_choice``). Also lmms-eval's parquet
+  (``sy1998/MLVU_dev``: ``video_name, duration, question`` with "(A) ..." option lines,
+  ``candidates, answer`` (a letter), ``task_type, question_id``).
 * **LongVideoBench** — ``lvb_val.json`` as read by the official ``LongVideoBenchDataset``
   (``longvideobench/longvideobench_dataset.py``: ``video_path`` under ``videos/``,
   ``question``, ``candidates``, ``correct_choice`` (index), ``id``, ``duration``) and by
-  lmms-eval's ``longvideobench`` task (``question_category``, ``duration_group``).
+  lmms-eval's ``longvideobench`` task (``question_category``, ``duration_group``), which reads
+  the HF parquet: ``option0``..``option4`` ("N/A" past the last) in place of ``candidates``.
 * **synthetic** — this project's own format (``tpo_fast.synthetic``): JSONL lines ``{"qid",
   "video", "question", "options", "answer" (index), "task_type", "duration" (s), ...}``, with
   relative video paths resolved against the annotation file's folder.
