@@ -160,7 +160,7 @@ def test_videomme_answers_and_score_equal_lmms_eval(videomme):
 def test_videomme_subtitle_prompt_equals_lmms_eval(tmp_path, monkeypatch):
     cv2 = pytest.importorskip("cv2")
     from tpo_fast.data.synthetic import write_video
-    from tpo_fast.eval.runner import EvalSettings, Evaluator
+    from tpo_fast.eval.runner import EvalSettings, prompt_text
     from tpo_fast.video import probe
 
     root = tmp_path / "videomme"
@@ -186,8 +186,6 @@ def test_videomme_subtitle_prompt_equals_lmms_eval(tmp_path, monkeypatch):
     task = ours.TASKS["videomme_w_subtitle"]
     assert task.subtitle_frames == kwargs["frame_num"]
     settings = EvalSettings(protocol="lmms-eval", task=task.name)
-    evaluator = Evaluator.__new__(Evaluator)  # prompt text only: no model needed
-    evaluator.settings = settings
     for row, q in zip(rows, questions):
         info = probe(q.video)
         capture = cv2.VideoCapture(str(q.video))
@@ -195,14 +193,14 @@ def test_videomme_subtitle_prompt_equals_lmms_eval(tmp_path, monkeypatch):
         assert info.fps == capture.get(cv2.CAP_PROP_FPS)
         assert info.num_frames == int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         expected = videomme_utils.videomme_doc_to_text_subtitle(row, kwargs)
-        assert evaluator.prompt_text(q, info) == expected
-    first = evaluator.prompt_text(questions[0], probe(questions[0].video))
+        assert prompt_text(settings, q, info) == expected
+    first = prompt_text(settings, questions[0], probe(questions[0].video))
     # cues on screen at the 32 sampled frames, the one without a font tag and the one shorter
     # than a frame left out
     assert ("below: \nWelcome back\nto the show\nToday we cook\nGoodbye, A and B\nSelect"
             in first)
-    assert "No subtitles available" in evaluator.prompt_text(questions[5],
-                                                             probe(questions[5].video))
+    assert "No subtitles available" in prompt_text(settings, questions[5],
+                                                   probe(questions[5].video))
 
 
 # ---- MLVU -------------------------------------------------------------------------------------

@@ -172,26 +172,9 @@ class Evaluator:
         self.rng = random.Random(settings.seed)  # LongVideoBench's guesses, as lmms-eval's
 
     def item(self, question: MCQuestion, video: dict, info=None) -> Item:
-        text = self.prompt_text(question, info)
+        text = prompt_text(self.settings, question, info)
         prompt = self.adapter.prompt_ids(self.tokenizer, text, video, system=self.settings.system)
         return Item(question, prompt, video)
-
-    def prompt_text(self, question: MCQuestion, info=None) -> str:
-        """The question as the model reads it (the video goes where the adapter puts it)."""
-        task = self.settings.lmms_task
-        if task is None:
-            return format_prompt(question, self.settings.instruction)
-        if question.doc is None:
-            raise ValueError(f"{question.source}: the lmms-eval protocol needs the question's "
-                             "lmms-eval document (read it with the videomme, mlvu or "
-                             "longvideobench reader)")
-        subtitles = None
-        if task.subtitles:
-            srt = subtitle_file(question, self.settings.subtitle_root)
-            if srt is not None:
-                subtitles = lmms.videomme_subtitle_text(srt, info.fps, info.num_frames,
-                                                        task.subtitle_frames)
-        return lmms.prompt(task, question.doc, subtitles)
 
     def run(self, items: list[Item]) -> None:
         task = self.settings.lmms_task
@@ -239,6 +222,26 @@ class Evaluator:
             out.append({"prediction": got.index, "letter": got.letter, "guessed": got.guessed,
                         "response": text})
         return out
+
+
+def prompt_text(settings: EvalSettings, question: MCQuestion, info=None) -> str:
+    """The question as the model reads it under ``settings``' protocol (the video goes where
+    the family adapter puts it); ``info`` (the video's ``VideoInfo``) places Video-MME's
+    subtitles."""
+    task = settings.lmms_task
+    if task is None:
+        return format_prompt(question, settings.instruction)
+    if question.doc is None:
+        raise ValueError(f"{question.source}: the lmms-eval protocol needs the question's "
+                         "lmms-eval document (read it with the videomme, mlvu or "
+                         "longvideobench reader)")
+    subtitles = None
+    if task.subtitles:
+        srt = subtitle_file(question, settings.subtitle_root)
+        if srt is not None:
+            subtitles = lmms.videomme_subtitle_text(srt, info.fps, info.num_frames,
+                                                    task.subtitle_frames)
+    return lmms.prompt(task, question.doc, subtitles)
 
 
 def record_of(question: MCQuestion, benchmark: str | None = None) -> dict:
@@ -302,7 +305,8 @@ def evaluate(model, tokenizer, questions: list[MCQuestion], *, method: str = "lo
         it) and ``by_category`` (the groups its report logs).
     """
     if max_new_tokens is None:
-        max_new_tokens = lmms.TASKS[task].max_new_tokens if protocol == "lmms-eval" else 16
+        max_new_tokens = (lmms.TASKS[task].max_new_tokens
+                          if protocol == "lmms-eval" and task in lmms.TASKS else 16)
     settings = EvalSettings(method=method, frames=frames, batch_size=batch_size,
                             answer_format=answer_format, length_normalize=length_normalize,
                             max_new_tokens=max_new_tokens, instruction=instruction,
