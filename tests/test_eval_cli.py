@@ -127,3 +127,4 @@ def test_cli_lmms_eval_protocol(tmp_path, capsys, monkeypatch):
     assert "left out 1 items that are not multiple choice (generation tasks: " \
            "9_summary.json: 1)" in captured.err
     assert "0 of 1 questions evaluated; 1 skipped" in captured.out  # its video is missing
+    assert "ego, needle, order, plotQA, topic_reasoning had no questions here" in captured.out

@@ -59,6 +59,12 @@ def summarize(records: list[dict], method: str, benchmark: str | None = None) ->
         rows = [({"task_type": r.get("categories", {}).get("task_type")},
                  r[method]["prediction"] == r["answer"]) for r in records]
         summary["score"] = score(benchmark, rows)
+        if benchmark == "mlvu":  # lmms-eval averages over all seven, an absent one as 0
+            from tpo_fast.eval.protocol import MLVU_DEV_TASK_TYPES
+
+            present = {doc["task_type"] for doc, _ in rows}
+            summary["score_absent_task_types"] = [t for t in MLVU_DEV_TASK_TYPES
+                                                  if t not in present]
         summary["by_category"] = {name: {k: groups[k].as_dict() for k in sorted(groups)}
                                   for name, groups in by_category.items()}
         summary["guessed"] = sum(bool(r[method].get("guessed")) for r in records)
@@ -99,6 +105,10 @@ def format_table(results: dict) -> str:
     for m in methods:
         if "score" in results[m]:
             lines.append(f"{m} score (as lmms-eval aggregates it): {results[m]['score']:.2f}")
+    absent = results[methods[0]].get("score_absent_task_types")
+    if absent:
+        lines.append(f"note: the MLVU score is the mean over its seven task types; "
+                     f"{', '.join(absent)} had no questions here and count 0, as in lmms-eval")
     if results.get("generate", {}).get("guessed"):
         lines.append(f"generate: {results['generate']['guessed']} answers had no letter and got "
                      "a random one (LongVideoBench's rule in lmms-eval)")
