@@ -251,9 +251,14 @@ def record_of(question: MCQuestion, benchmark: str | None = None) -> dict:
               "task_type": question.task_type, "duration_group": question.duration_group,
               "answer": question.answer, "answer_letter": letter(question.answer)}
     if benchmark is not None and question.doc is not None:
-        record["categories"] = {name: str(question.doc.get(key, "unknown"))
+        record["categories"] = {name: _category(question.doc.get(key, "unknown"))
                                 for name, key in lmms.CATEGORY_FIELDS[benchmark]}
     return record
+
+
+def _category(value) -> str:
+    """A group name: 600.0 (a parquet float) reads as "600", like the JSON's 600."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def subtitle_file(question: MCQuestion, subtitle_root: str | None) -> Path | None:
