@@ -128,3 +128,7 @@ def test_cli_lmms_eval_protocol(tmp_path, capsys, monkeypatch):
            "9_summary.json: 1)" in captured.err
     assert "0 of 1 questions evaluated; 1 skipped" in captured.out  # its video is missing
     assert "ego, needle, order, plotQA, topic_reasoning had no questions here" in captured.out
+    assert main(["--format", "mlvu", "--annotations", str(mlvu), "--tiny", "qwen2_vl",
+                 "--lmms-eval-version", "0.3", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "protocol: lmms-eval 0.3 task mlvu " in printed and "no questions here" not in printed

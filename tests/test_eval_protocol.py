@@ -462,3 +462,63 @@ def test_frame_sampling_equals_lmms_eval_longva(tmp_path):
         assert mine.shape == theirs.shape
         # same frames (each frame's grey level identifies it); decoders may differ by rounding
         assert np.abs(mine.astype(int) - theirs.astype(int)).max() <= 3
+
+
+# ---- the paper's era: lmms-eval v0.3.0 / v0.3.1 ----------------------------------------------
+def v03_functions(names: dict[str, list[str]]) -> dict:
+    """Functions of lmms-eval v0.3.0's task utils, compiled from its sources (the folder in
+    ``LMMS_EVAL_V03_SRC``: a checkout of the v0.3.0 tag or the unpacked 0.3.0 wheel) without
+    running their modules' imports (decord, the HF dataset cache); skipped without it."""
+    import ast
+    import os
+    import re
+
+    root = os.environ.get("LMMS_EVAL_V03_SRC")
+    if not root:
+        pytest.skip("LMMS_EVAL_V03_SRC (lmms-eval v0.3.0 sources) not set")
+    found = {}
+    for module, wanted in names.items():
+        path = Path(root) / "lmms_eval" / "tasks" / module / "utils.py"
+        tree = ast.parse(path.read_text())
+        scope = {"re": re, "eval_logger": __import__("logging").getLogger("v03")}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "TASK_TYPES"
+                                                   for t in node.targets):
+                exec(compile(ast.Module([node], []), str(path), "exec"), scope)
+            if isinstance(node, ast.FunctionDef) and node.name in wanted:
+                exec(compile(ast.Module([node], []), str(path), "exec"), scope)
+        found.update({f"{module}.{n}": scope[n] for n in wanted})
+    return found
+
+
+def test_paper_era_protocol_equals_lmms_eval_v0_3(mlvu, videomme):
+    """``version="0.3"`` against v0.3.0's own functions: MLVU's prompt, the Video-MME / MLVU
+    answer extraction and MLVU's score (accuracy over all questions)."""
+    v03 = v03_functions({"mlvu": ["mlvu_doc_to_text", "extract_characters_regex",
+                                  "mlvu_aggregate_results"],
+                         "videomme": ["extract_characters_regex"]})
+    from_json, _, rows, from_parquet = mlvu
+    task = ours.task_for("mlvu", version="0.3")
+    assert task.name == "mlvu"
+    docs = [q.doc for q in from_json] + rows
+    for doc in docs:
+        assert ours.prompt(task, doc) == v03["mlvu.mlvu_doc_to_text"](doc, {})
+    differs = 0
+    for response in RESPONSES:
+        for bench in ("mlvu", "videomme"):
+            got = ours.extract(bench, response, 4, random.Random(0), version="0.3")
+            assert got.letter == v03[f"{bench}.extract_characters_regex"](response), response
+        differs += ours.extract("mlvu", response, 4, random.Random(0)).letter != got.letter
+    assert differs > 0  # the two releases do read some answers differently
+    # v0.3's MLVU rows carried task-type codes (TR, AR, NQA, ...): the score is over questions
+    codes = v03["mlvu.mlvu_aggregate_results"].__globals__["TASK_TYPES"]
+    processed, ours_rows = [], []
+    for i, (doc, q) in enumerate(zip(docs, from_json + from_parquet)):
+        response = RESPONSES[(3 * i) % len(RESPONSES)] if i % 3 else "ABCD"[q.answer]
+        pred = v03["mlvu.extract_characters_regex"](response)
+        processed.append({"task_type": codes[i % len(codes)], "pred_answer": pred,
+                          "answer": doc["answer"]})
+        got = ours.extract("mlvu", response, len(q.options), random.Random(0), version="0.3")
+        ours_rows.append((doc, got.index == q.answer))
+    assert ours.score("mlvu", ours_rows, version="0.3") == pytest.approx(
+        v03["mlvu.mlvu_aggregate_results"](processed))

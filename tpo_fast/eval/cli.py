@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from tpo_fast.eval.protocol import DEFAULT_TASK, task_for
+from tpo_fast.eval.protocol import DEFAULT_TASK, LMMS_EVAL_VERSION, VERSIONS, task_for
 from tpo_fast.eval.readers import READERS
 from tpo_fast.eval.records import LETTERS, AnnotationError, MCQuestion, ReadStats
 from tpo_fast.eval.runner import METHODS, PROTOCOLS
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(default: subtitle/ beside the videos' folder)")
     p.add_argument("--system", help="system prompt for the chat template (use the one the model "
                                     "was trained with)")
+    p.add_argument("--lmms-eval-version", choices=VERSIONS, default=LMMS_EVAL_VERSION,
+                   help="the lmms-eval release whose protocol to follow: 0.7.3, or 0.3 "
+                        "(v0.3.0/v0.3.1, the TPO paper's era: MLVU prompt and score, Video-MME "
+                        "/ MLVU answer extraction differ)")
     p.add_argument("--seed", type=int, default=0,
                    help="longvideobench: seed of the random letter lmms-eval gives answers "
                         "without one")
@@ -127,7 +131,7 @@ def protocol_of(args: argparse.Namespace) -> tuple[str, str | None]:
         if args.subtitles:
             raise ValueError("--subtitles is part of the lmms-eval protocol")
         return protocol, None
-    return protocol, task_for(args.format, args.subtitles).name
+    return protocol, task_for(args.format, args.subtitles, args.lmms_eval_version).name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                        decode_workers=args.decode_workers, video_backend=args.video_backend,
                        decode_device=args.decode_device, video_threads=args.video_threads,
                        protocol=protocol, task=task, subtitle_root=args.subtitle_root,
-                       seed=args.seed, progress=not args.no_progress)
+                       seed=args.seed, lmms_eval_version=args.lmms_eval_version,
+                       progress=not args.no_progress)
     results["source"] = {"format": args.format, "annotations": str(args.annotations),
                          "video_root": args.video_root, "model": args.model or f"tiny:{args.tiny}",
                          "invalid_items_skipped": stats.skipped,

@@ -14,6 +14,14 @@ The TPO paper's numbers come from lmms-eval (the TPO repo's ``longva/eval.sh`` a
 * ``tasks/_task_utils/mcq_extract.py``: ``extract_mcq_answer`` (Video-MME and MLVU).
 * ``models/simple/longva.py``: ``load_video`` — ``np.linspace(0, n - 1, k, dtype=int)``.
 
+**The paper's era** (``version="0.3"``): the TPO scripts name the task ``mlvu``, which lmms-eval
+had up to v0.3.1 (Feb 2025; removed in e5f70443). v0.3.0/v0.3.1 differ from 0.7.3 in three
+places, transcribed from the v0.3.0 tag: MLVU's prompt (``"\n" + question + "\nOnly give the
+best option.\n\nBest option: ("``, no generation length: LongVA's default 1024), the answer
+extraction of Video-MME and MLVU (``extract_characters_regex``: the first A-D after some
+prefixes), and MLVU's score (accuracy over all questions, not the mean over task types).
+Video-MME's prompts, LongVideoBench and the frame sampling are the same in both.
+
 Every function here works on the benchmark's lmms-eval *document* (the row of its Hugging
 Face parquet, which the readers build from any supported layout: ``MCQuestion.doc``).
 ``tests/test_eval_protocol.py`` holds each one equal to lmms-eval's own function.
@@ -25,7 +33,7 @@ import os
 import random
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -49,6 +57,7 @@ class Task:
     max_new_tokens: int
     subtitles: bool = False
     subtitle_frames: int = 32  # videomme_w_subtitle's ``frame_num`` (not the model's frames)
+    version: str = LMMS_EVAL_VERSION  # the lmms-eval release transcribed
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (
@@ -63,18 +72,30 @@ TASKS: dict[str, Task] = {t.name: t for t in (
 )}
 DEFAULT_TASK = {"videomme": "videomme", "mlvu": "mlvu_dev",
                 "longvideobench": "longvideobench_val_v"}
+PAPER_ERA = "0.3"  # lmms-eval v0.3.0 / v0.3.1
+VERSIONS = (LMMS_EVAL_VERSION, PAPER_ERA)
+# The v0.3 tasks: the same kwargs, but MLVU is the task "mlvu" (prompt without kwargs).
+TASKS_03: dict[str, Task] = {
+    **{name: replace(t, version=PAPER_ERA) for name, t in TASKS.items() if t.benchmark != "mlvu"},
+    "mlvu": Task("mlvu", "mlvu", "", "", 1024, version=PAPER_ERA),
+}
+TASKS_BY_VERSION = {LMMS_EVAL_VERSION: TASKS, PAPER_ERA: TASKS_03}
 
 
-def task_for(benchmark: str, subtitles: bool = False) -> Task:
+def task_for(benchmark: str, subtitles: bool = False, version: str = LMMS_EVAL_VERSION) -> Task:
     """The lmms-eval task of a reader format (Video-MME with or without subtitles)."""
+    if version not in TASKS_BY_VERSION:
+        raise ValueError(f"unknown lmms-eval version {version!r}; choose from {VERSIONS}")
+    tasks = TASKS_BY_VERSION[version]
     if subtitles:
         if benchmark != "videomme":
             raise ValueError(f"subtitles are part of the protocol for videomme only, not "
                              f"{benchmark!r}")
-        return TASKS["videomme_w_subtitle"]
+        return tasks["videomme_w_subtitle"]
     if benchmark not in DEFAULT_TASK:
         raise ValueError(f"lmms-eval's protocol covers {sorted(DEFAULT_TASK)}, not {benchmark!r}")
-    return TASKS[DEFAULT_TASK[benchmark]]
+    return tasks["mlvu" if benchmark == "mlvu" and version == PAPER_ERA else
+                 DEFAULT_TASK[benchmark]]
 
 
 # ---- frame sampling --------------------------------------------------------------------------
@@ -144,7 +165,9 @@ def videomme_subtitle_text(srt_path: str | os.PathLike, fps: float, total_frames
 
 def mlvu_prompt(doc: dict, task: Task = TASKS["mlvu_dev"]) -> str:
     """``mlvu_doc_to_text``: the parquet's question (which carries the "(A) ..." options)
-    between the pre and post prompts."""
+    between the pre and post prompts (v0.3: a fixed frame around it)."""
+    if task.version == PAPER_ERA:
+        return "\n" + doc["question"] + "\nOnly give the best option.\n" + "\n" + "Best option: ("
     return task.pre_prompt + doc["question"] + task.post_prompt
 
 
@@ -219,6 +242,23 @@ def extract_mcq_answer(response: str, choices: list[str] | None = None) -> str:
     return found[0][0]
 
 
+# v0.3's list, with its two missing commas (so two entries are joined strings)
+_PREFIXES_03 = ("The best answer is", "The correct answer is", "The answer is", "The answer",
+                "The best option is" "The correct option is", "Best answer:" "Best option:")
+
+
+def extract_characters_regex_03(response: str) -> str:
+    """v0.3's ``extract_characters_regex`` (Video-MME and MLVU): the first of A-D after the
+    prefixes are removed; "" for none, or for more than ten words without one."""
+    s = response.strip()
+    for prefix in _PREFIXES_03:
+        s = s.replace(prefix, "")
+    if len(s.split()) > 10 and not re.search("[ABCD]", s):
+        return ""
+    match = re.search(r"[ABCD]", s)
+    return "" if match is None else match[0]
+
+
 _LVB_PREFIXES = ("The best answer is", "The correct answer is", "The answer is", "The answer",
                  "The best option is", "The correct option is", "Best answer:", "Best option:")
 
@@ -249,11 +289,14 @@ class Extracted:
     index: int | None
 
 
-def extract(benchmark: str, response: str, n_options: int, rng: random.Random) -> Extracted:
+def extract(benchmark: str, response: str, n_options: int, rng: random.Random,
+            version: str = LMMS_EVAL_VERSION) -> Extracted:
     """The answer letter of ``response`` as the benchmark's ``process_results`` reads it."""
     if benchmark == "longvideobench":
         letter, guessed = longvideobench_parse(
             response, [chr(ord("A") + i) for i in range(n_options)], rng)
+    elif benchmark in ("videomme", "mlvu") and version == PAPER_ERA:
+        letter, guessed = extract_characters_regex_03(response), False
     elif benchmark in ("videomme", "mlvu"):
         letter, guessed = extract_mcq_answer(response, ["A", "B", "C", "D"]), False
     else:
@@ -287,11 +330,13 @@ CATEGORY_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def score(benchmark: str, rows: list[tuple[dict, bool]]) -> float:
+def score(benchmark: str, rows: list[tuple[dict, bool]],
+          version: str = LMMS_EVAL_VERSION) -> float:
     """The task's headline number (0-100) from ``(doc, correct)`` rows, as its aggregate
     function computes it: Video-MME and LongVideoBench the accuracy over questions; MLVU dev
-    the mean of the seven task types' accuracies (a task type with no questions counts 0)."""
-    if benchmark == "mlvu":
+    the mean of the seven task types' accuracies (a task type with no questions counts 0;
+    v0.3: the accuracy over questions)."""
+    if benchmark == "mlvu" and version != PAPER_ERA:
         tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for doc, correct in rows:
             tally[doc["task_type"]][0] += int(correct)
@@ -299,6 +344,6 @@ def score(benchmark: str, rows: list[tuple[dict, bool]]) -> float:
         per_task = [100 * tally[t][0] / tally[t][1] if tally[t][1] else 0.0
                     for t in MLVU_DEV_TASK_TYPES]
         return sum(per_task) / len(MLVU_DEV_TASK_TYPES)
-    if benchmark in ("videomme", "longvideobench"):
+    if benchmark in ("videomme", "longvideobench", "mlvu"):
         return 100 * sum(c for _, c in rows) / len(rows) if rows else 0.0
     raise ValueError(f"no lmms-eval score for {benchmark!r}")

@@ -30,12 +30,14 @@ class Tally:
                 "unparseable": self.unparseable}
 
 
-def summarize(records: list[dict], method: str, benchmark: str | None = None) -> dict:
+def summarize(records: list[dict], method: str, benchmark: str | None = None,
+              version: str | None = None) -> dict:
     """Accuracy of ``method`` over per-question records (``tpo_fast.eval.evaluate`` output rows:
     ``answer``, ``task_type``, ``duration_group`` and ``record[method]["prediction"]``).
 
     With ``benchmark`` (the lmms-eval protocol) also ``score``, the task's headline number as
-    lmms-eval aggregates it (0-100; MLVU: the mean over its seven task types), ``by_category``
+    lmms-eval ``version`` aggregates it (0-100; MLVU in 0.7.3: the mean over its seven task
+    types), ``by_category``
     (the groups lmms-eval's report logs, from each record's ``categories``) and ``guessed``
     (LongVideoBench answers without a letter, given a random one as lmms-eval does)."""
     overall = Tally()
@@ -54,12 +56,15 @@ def summarize(records: list[dict], method: str, benchmark: str | None = None) ->
                "by_task_type": {k: by_task[k].as_dict() for k in sorted(by_task)},
                "by_duration_group": {k: by_duration[k].as_dict() for k in sorted(by_duration)}}
     if benchmark is not None:
-        from tpo_fast.eval.protocol import score
+        from tpo_fast.eval.protocol import LMMS_EVAL_VERSION, score
+
+        version = version or LMMS_EVAL_VERSION
 
         rows = [({"task_type": r.get("categories", {}).get("task_type")},
                  r[method]["prediction"] == r["answer"]) for r in records]
-        summary["score"] = score(benchmark, rows)
-        if benchmark == "mlvu":  # lmms-eval averages over all seven, an absent one as 0
+        summary["score"] = score(benchmark, rows, version)
+        if benchmark == "mlvu" and version == LMMS_EVAL_VERSION:
+            # lmms-eval 0.7.3 averages over all seven task types, an absent one as 0
             from tpo_fast.eval.protocol import MLVU_DEV_TASK_TYPES
 
             present = {doc["task_type"] for doc, _ in rows}

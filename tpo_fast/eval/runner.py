@@ -69,13 +69,18 @@ class EvalSettings:
     task: str | None = None  # the lmms-eval task (protocol lmms-eval), e.g. "videomme"
     subtitle_root: str | None = None  # Video-MME's subtitle/ folder (videomme_w_subtitle)
     seed: int = 0  # LongVideoBench: lmms-eval guesses a letter for answers without one
+    lmms_eval_version: str = lmms.LMMS_EVAL_VERSION  # or "0.3", the TPO paper's era
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; choose from {PROTOCOLS}")
-        if self.protocol == "lmms-eval" and self.task not in lmms.TASKS:
-            raise ValueError(f"protocol lmms-eval needs a task from {sorted(lmms.TASKS)}, got "
-                             f"{self.task!r}")
+        if self.lmms_eval_version not in lmms.TASKS_BY_VERSION:
+            raise ValueError(f"unknown lmms-eval version {self.lmms_eval_version!r}; choose "
+                             f"from {lmms.VERSIONS}")
+        tasks = lmms.TASKS_BY_VERSION[self.lmms_eval_version]
+        if self.protocol == "lmms-eval" and self.task not in tasks:
+            raise ValueError(f"protocol lmms-eval {self.lmms_eval_version} needs a task from "
+                             f"{sorted(tasks)}, got {self.task!r}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
         if self.answer_format not in ANSWER_FORMATS:
@@ -97,7 +102,9 @@ class EvalSettings:
 
     @property
     def lmms_task(self) -> lmms.Task | None:
-        return lmms.TASKS[self.task] if self.protocol == "lmms-eval" else None
+        if self.protocol != "lmms-eval":
+            return None
+        return lmms.TASKS_BY_VERSION[self.lmms_eval_version][self.task]
 
     def describe(self) -> dict:
         """What the numbers are: the protocol, and per method whether it is comparable with
@@ -105,14 +112,14 @@ class EvalSettings:
         task = self.lmms_task
         out: dict = {"protocol": self.protocol}
         if task is not None:
-            out.update({"lmms_eval_version": lmms.LMMS_EVAL_VERSION, "task": task.name,
+            out.update({"lmms_eval_version": task.version, "task": task.name,
                         "pre_prompt": task.pre_prompt, "post_prompt": task.post_prompt,
                         "frame_sampling": "np.linspace(0, num_frames - 1, frames, dtype=int)"})
         for m in self.methods:
             kind = METHOD_KINDS[m]
             if m == "generate":
-                kind += (f" (lmms-eval {lmms.LMMS_EVAL_VERSION}'s protocol: comparable with "
-                         "lmms-eval's numbers, e.g. the TPO paper's)" if task is not None else
+                kind += (f" (lmms-eval {task.version}'s protocol: comparable with lmms-eval "
+                         f"{task.version}'s numbers)" if task is not None else
                          " (this project's prompt and extraction; not lmms-eval's)")
             out[m] = kind
         return out
@@ -218,7 +225,8 @@ class Evaluator:
         out = []
         for text, it in zip(texts, items):
             # lmms-eval strips the decoded answer before process_results
-            got = lmms.extract(task.benchmark, text.strip(), len(it.question.options), self.rng)
+            got = lmms.extract(task.benchmark, text.strip(), len(it.question.options), self.rng,
+                               task.version)
             out.append({"prediction": got.index, "letter": got.letter, "guessed": got.guessed,
                         "response": text})
         return out
@@ -279,7 +287,8 @@ def evaluate(model, tokenizer, questions: list[MCQuestion], *, method: str = "lo
              instruction: str = DEFAULT_INSTRUCTION, system: str | None = None,
              decode_workers: int = 2, video_backend: str = "auto", decode_device: str = "auto",
              video_threads: int = 2, protocol: str = "native", task: str | None = None,
-             subtitle_root: str | None = None, seed: int = 0, progress: bool = True) -> dict:
+             subtitle_root: str | None = None, seed: int = 0,
+             lmms_eval_version: str = lmms.LMMS_EVAL_VERSION, progress: bool = True) -> dict:
     """Evaluate ``model`` (a HF video LLM of any ``tpo_fast.models`` family, or a
     ``PreferenceModel``) on multiple-choice ``questions``.
 
@@ -300,6 +309,8 @@ def evaluate(model, tokenizer, questions: list[MCQuestion], *, method: str = "lo
         subtitle_root: Video-MME's ``subtitle/`` folder (task ``videomme_w_subtitle``;
             default: beside the videos' folder).
         seed: the LongVideoBench guesses for answers without a letter (lmms-eval's rule).
+        lmms_eval_version: "0.7.3", or "0.3" (v0.3.0/v0.3.1, the TPO paper's era: its MLVU
+            prompt and score and its Video-MME / MLVU answer extraction).
     Returns:
         ``{"settings", "n_questions", "n_evaluated", "decode_failures", "skipped", <method>:
         {"accuracy", "correct", "total", "unparseable", "by_task_type", "by_duration_group"},
@@ -309,16 +320,18 @@ def evaluate(model, tokenizer, questions: list[MCQuestion], *, method: str = "lo
         method also has ``score`` (the task's headline number, 0-100, as lmms-eval aggregates
         it) and ``by_category`` (the groups its report logs).
     """
+    tasks = lmms.TASKS_BY_VERSION.get(lmms_eval_version, {})
     if max_new_tokens is None:
-        max_new_tokens = (lmms.TASKS[task].max_new_tokens
-                          if protocol == "lmms-eval" and task in lmms.TASKS else 16)
+        max_new_tokens = (tasks[task].max_new_tokens
+                          if protocol == "lmms-eval" and task in tasks else 16)
     settings = EvalSettings(method=method, frames=frames, batch_size=batch_size,
                             answer_format=answer_format, length_normalize=length_normalize,
                             max_new_tokens=max_new_tokens, instruction=instruction,
                             system=system, decode_workers=decode_workers,
                             video_backend=video_backend, decode_device=decode_device,
                             video_threads=video_threads, protocol=protocol, task=task,
-                            subtitle_root=subtitle_root, seed=seed)
+                            subtitle_root=subtitle_root, seed=seed,
+                            lmms_eval_version=lmms_eval_version)
     from tpo_fast.models import PreferenceModel
 
     hf_model = model.model if isinstance(model, PreferenceModel) else model
@@ -333,7 +346,8 @@ def evaluate(model, tokenizer, questions: list[MCQuestion], *, method: str = "lo
     lmms_task = settings.lmms_task
     for m in settings.methods:
         results[m] = summarize(evaluator.records, m,
-                               benchmark=lmms_task.benchmark if lmms_task else None)
+                               benchmark=lmms_task.benchmark if lmms_task else None,
+                               version=lmms_task.version if lmms_task else None)
     results["protocol"] = settings.describe()
     if "loglik" in settings.methods:
         results["loglik"]["tied_options"] = evaluator.tied_options
