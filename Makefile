@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml setup.py constraints/cpu.txt $(wildcard csrc/*)
 	@# The CPU torch wheel first: nothing afterwards may swap in a CUDA build.
 	$(PIP) -c constraints/cpu.txt torch
 	$(PIP) -c constraints/cpu.txt -e '.[test]'
+	@# The eval protocol's oracle; its imports are in the test extra (pyproject.toml).
+	$(PIP) -c constraints/cpu.txt --no-deps lmms-eval==0.7.3
 	touch $@
 
 demo: $(STAMP)

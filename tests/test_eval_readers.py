@@ -228,3 +228,62 @@ def test_duration_groups_and_unknown_format(tmp_path):
         read_questions("egoschema", tmp_path / "x.json")
     with pytest.raises(FileNotFoundError):
         read_synthetic(tmp_path / "missing.jsonl")
+
+
+def test_video_extensions_any_case(tmp_path):
+    """Video-MME ships some videos as ``X.MP4``; MLVU names carry an extension."""
+    touch(tmp_path / "data" / "fFjv93ACGo8.MP4")
+    touch(tmp_path / "Zz9LOngVid.Mkv")
+    qs = read_videomme(write_json(tmp_path / "v.json", VIDEOMME_ROWS), tmp_path)
+    assert qs[0].video == tmp_path / "data" / "fFjv93ACGo8.MP4"
+    assert qs[1].video == tmp_path / "Zz9LOngVid.Mkv"
+    touch(tmp_path / "video" / "1_plotQA" / "MOVIE101_66.MP4")
+    qs = read_mlvu(write_json(tmp_path / "json" / "1_plotQA.json", MLVU_PLOT), tmp_path / "video")
+    assert qs[0].video == tmp_path / "video" / "1_plotQA" / "MOVIE101_66.MP4"
+    assert qs[1].video == tmp_path / "video" / "movie101_67.mp4"  # missing: as named
+
+
+def test_mlvu_generation_tasks_left_out_and_counted(tmp_path, capsys):
+    """MLVU's json/ folder also holds generation tasks (no candidates): left out, counted,
+    not errors (FlagOpen/FlagEmbedding research/MLVU/data/8_sub_scene.json's fields)."""
+    json_dir = tmp_path / "json"
+    write_json(json_dir / "1_plotQA.json", MLVU_PLOT)
+    write_json(json_dir / "8_sub_scene.json", [
+        {"video": "subPlot_new_all_126.mp4", "duration": 5632.83, "question": "Please describe "
+         "the scene.", "answer": "The man leads the players.", "question_type": "subPlot",
+         "scoring_points": ["The man leads the players"]}] * 3)
+    stats = ReadStats()
+    qs = read_mlvu(json_dir, tmp_path, stats=stats)
+    assert len(qs) == 2 and (stats.read, stats.skipped, stats.not_multiple_choice) == (2, 0, 3)
+    assert stats.left_out == {str(json_dir / "8_sub_scene.json"): 3}
+    assert qs[0].doc["question"] == ("What color is the main male character in the video?\n"
+                                     "(A) Yellow\n(B) Red\n(C) Green\n(D) Blue\n")
+    assert (qs[0].doc["answer"], qs[0].doc["task_type"]) == ("A", "plotQA")
+
+
+def test_lmms_eval_parquet_layouts(tmp_path):
+    """lmms-eval's MLVU parquet (sy1998/MLVU_dev mlvu/test-00000-of-00001.parquet) and
+    LongVideoBench's HF parquet (option0..option4, "N/A" past the last)."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    mlvu_rows = [{"video_name": "needle_32.mp4", "duration": 467.98,
+                  "question": "What does the hand do?\n(A) Delivers a product\n(B) Shakes a "
+                              "hand\n", "candidates": ["Delivers a product", "Shakes a hand"],
+                  "answer": "B", "task_type": "needle", "question_id": "Q0"}]
+    (tmp_path / "mlvu").mkdir()
+    pq.write_table(pa.Table.from_pylist(mlvu_rows), tmp_path / "mlvu" / "test.parquet")
+    touch(tmp_path / "needle" / "needle_32.mp4")
+    (q,) = read_mlvu(tmp_path / "mlvu", tmp_path)  # a folder with the parquet
+    assert (q.qid, q.question, q.options, q.answer, q.task_type) == (
+        "Q0", "What does the hand do?", ["Delivers a product", "Shakes a hand"], 1, "needle")
+    assert q.video == tmp_path / "needle" / "needle_32.mp4" and q.doc["answer"] == "B"
+
+    rows = [{**{k: v for k, v in LVB[1].items() if k != "candidates"},
+             "option0": "cup", "option1": "pen", "option2": "N/A", "option3": "N/A",
+             "option4": "N/A"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "validation.parquet")
+    (q,) = read_longvideobench(tmp_path / "validation.parquet", tmp_path)
+    assert (q.qid, q.options, q.answer, q.duration_group) == ("q1_0", ["cup", "pen"], 0, "15")
+    (j,) = read_longvideobench(write_json(tmp_path / "lvb_val.json", [LVB[1]]), tmp_path)
+    assert {k: j.doc[k] for k in rows[0]} == {k: q.doc[k] for k in rows[0]}

@@ -1,14 +1,18 @@
 """``tpo-fast eval``: multiple-choice video QA accuracy of a video LLM.
 
-    tpo-fast eval --format videomme --annotations videomme.jsonl --video-root Video-MME/data \\
-        --model /models/LongVA-7B --frames 32 --method both --out results.json
+    tpo-fast eval --format videomme --annotations videomme/test-00000-of-00001.parquet \\
+        --video-root Video-MME/data --model /models/LongVA-7B --frames 128 --method generate
+    tpo-fast eval --format videomme --subtitles ...           # lmms-eval's videomme_w_subtitle
     tpo-fast eval --format mlvu --annotations MLVU/json --video-root MLVU/video --model ...
     tpo-fast eval --format longvideobench --annotations LongVideoBench/lvb_val.json \\
         --video-root LongVideoBench --model ...
     tpo-fast eval --format synthetic --annotations heldout/questions.jsonl --tiny qwen2_vl
 
-Prints accuracy overall, per task type and per duration group, and writes everything (settings,
-summaries, per-question predictions, skipped videos) to ``--out`` as JSON.
+Video-MME, MLVU and LongVideoBench follow lmms-eval 0.7.3's protocol (its prompt text, uniform
+frame sampling, answer extraction and per-category scores); ``--method generate`` under it is
+comparable with lmms-eval's numbers (the TPO paper's), ``loglik`` is the fast method. Prints
+the accuracy per group and writes everything (settings, summaries, per-question predictions,
+skipped videos) to ``--out`` as JSON.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import json
 import sys
 from pathlib import Path
 
+from tpo_fast.eval.protocol import DEFAULT_TASK, LMMS_EVAL_VERSION, VERSIONS, task_for
 from tpo_fast.eval.readers import READERS
 from tpo_fast.eval.records import LETTERS, AnnotationError, MCQuestion, ReadStats
-from tpo_fast.eval.runner import METHODS
+from tpo_fast.eval.runner import METHODS, PROTOCOLS
 from tpo_fast.eval.scoring import ANSWER_FORMATS
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -39,13 +44,35 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", help="a local Hugging Face model folder (LongVA included)")
     model.add_argument("--tiny", metavar="FAMILY",
                        help="a random-weight tiny model of this family (tests, smoke runs)")
-    p.add_argument("--frames", type=int, default=8, help="frames per video (default 8)")
-    p.add_argument("--method", choices=METHODS, default="loglik")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames per video (default: 32 under the lmms-eval protocol, as "
+                        "lmms-eval's LongVA model; 8 native)")
+    p.add_argument("--method", choices=METHODS, default="loglik",
+                   help="loglik: fast (option log-likelihood); generate: greedy answer, "
+                        "extracted (with --protocol lmms-eval: comparable with lmms-eval)")
+    p.add_argument("--protocol", choices=("auto", *PROTOCOLS), default="auto",
+                   help="auto: lmms-eval for videomme/mlvu/longvideobench, native for synthetic")
+    p.add_argument("--subtitles", action="store_true",
+                   help="videomme: lmms-eval's videomme_w_subtitle (subtitle lines in the "
+                        "prompt)")
+    p.add_argument("--subtitle-root", help="videomme --subtitles: the folder of <videoID>.srt "
+                                           "(default: subtitle/ beside the videos' folder)")
+    p.add_argument("--system", help="system prompt for the chat template (use the one the model "
+                                    "was trained with)")
+    p.add_argument("--lmms-eval-version", choices=VERSIONS, default=LMMS_EVAL_VERSION,
+                   help="the lmms-eval release whose protocol to follow: 0.7.3, or 0.3 "
+                        "(v0.3.0/v0.3.1, the TPO paper's era: MLVU prompt and score, Video-MME "
+                        "/ MLVU answer extraction differ)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="longvideobench: seed of the random letter lmms-eval gives answers "
+                        "without one")
     p.add_argument("--answer-format", choices=ANSWER_FORMATS, default="letter",
                    help="loglik scores the answer 'B' (letter) or 'B. text' (letter_text)")
     p.add_argument("--length-normalize", action="store_true",
                    help="loglik: rank options by mean per-token log-prob")
-    p.add_argument("--max-new-tokens", type=int, default=16, help="generate: answer length")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generate: answer length (default: the lmms-eval task's, 16 or 32; "
+                        "native 16)")
     p.add_argument("--limit", type=int, help="evaluate only the first N questions")
     p.add_argument("--batch-size", type=int, default=4, help="questions per forward")
     p.add_argument("--decode-workers", type=int, default=2, help="video decoding threads")
@@ -95,33 +122,55 @@ def read(args: argparse.Namespace) -> tuple[list[MCQuestion], ReadStats]:
     return questions, stats
 
 
+def protocol_of(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(protocol, lmms-eval task) from ``--protocol``, ``--format`` and ``--subtitles``."""
+    protocol = args.protocol
+    if protocol == "auto":
+        protocol = "lmms-eval" if args.format in DEFAULT_TASK else "native"
+    if protocol == "native":
+        if args.subtitles:
+            raise ValueError("--subtitles is part of the lmms-eval protocol")
+        return protocol, None
+    return protocol, task_for(args.format, args.subtitles, args.lmms_eval_version).name
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run ``tpo-fast eval``; returns the exit status (2: unusable annotations)."""
+    """Run ``tpo-fast eval``; returns the exit status (2: unusable annotations or options)."""
     from tpo_fast.eval.results import format_table
     from tpo_fast.eval.runner import evaluate
 
     args = build_parser().parse_args(argv)
     try:
+        protocol, task = protocol_of(args)
         questions, stats = read(args)
-    except (AnnotationError, FileNotFoundError, ImportError) as e:
+    except (AnnotationError, FileNotFoundError, ImportError, ValueError) as e:
         print(f"tpo-fast eval: {e}", file=sys.stderr)
         return 2
     if stats.skipped:
         print(f"skipped {stats.skipped} malformed annotation items (first: {stats.errors[0]})",
               file=sys.stderr)
+    if stats.not_multiple_choice:
+        files = ", ".join(f"{Path(f).name}: {n}" for f, n in stats.left_out.items())
+        print(f"left out {stats.not_multiple_choice} items that are not multiple choice "
+              f"(generation tasks: {files})", file=sys.stderr)
     if not questions:
         print("tpo-fast eval: no questions to evaluate", file=sys.stderr)
         return 2
     model, tokenizer = load_model(args, questions)
-    results = evaluate(model, tokenizer, questions, method=args.method, frames=args.frames,
+    frames = args.frames or (32 if protocol == "lmms-eval" else 8)
+    results = evaluate(model, tokenizer, questions, method=args.method, frames=frames,
                        batch_size=args.batch_size, answer_format=args.answer_format,
                        length_normalize=args.length_normalize,
-                       max_new_tokens=args.max_new_tokens, decode_workers=args.decode_workers,
-                       video_backend=args.video_backend, decode_device=args.decode_device,
-                       video_threads=args.video_threads, progress=not args.no_progress)
+                       max_new_tokens=args.max_new_tokens, system=args.system,
+                       decode_workers=args.decode_workers, video_backend=args.video_backend,
+                       decode_device=args.decode_device, video_threads=args.video_threads,
+                       protocol=protocol, task=task, subtitle_root=args.subtitle_root,
+                       seed=args.seed, lmms_eval_version=args.lmms_eval_version,
+                       progress=not args.no_progress)
     results["source"] = {"format": args.format, "annotations": str(args.annotations),
                          "video_root": args.video_root, "model": args.model or f"tiny:{args.tiny}",
-                         "invalid_items_skipped": stats.skipped}
+                         "invalid_items_skipped": stats.skipped,
+                         "not_multiple_choice_left_out": stats.not_multiple_choice}
     print(format_table(results))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

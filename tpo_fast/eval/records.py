@@ -32,6 +32,9 @@ class MCQuestion:
     duration_group: str | None
     source: str
     duration: float | None = None  # seconds, where the annotation gives them
+    # The question as lmms-eval's task reads it (its parquet row's fields), for the lmms-eval
+    # protocol (``tpo_fast.eval.protocol``); None for the synthetic format.
+    doc: dict | None = field(default=None, compare=False, repr=False)
 
 
 class AnnotationError(ValueError):
@@ -44,11 +47,15 @@ class AnnotationError(ValueError):
 
 @dataclass
 class ReadStats:
-    """What a reader did: items read, and items skipped as invalid (with their errors)."""
+    """What a reader did: items read, items skipped as invalid (with their errors), and items
+    left out by design (``not_multiple_choice``: MLVU's generation tasks, which have no
+    candidates; counted per file in ``left_out``)."""
 
     read: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
+    not_multiple_choice: int = 0
+    left_out: dict[str, int] = field(default_factory=dict)
 
     def skip(self, error: AnnotationError) -> None:
         self.skipped += 1
