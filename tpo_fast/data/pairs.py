@@ -125,6 +125,18 @@ def _json_safe(obj: dict) -> dict:
     return out
 
 
+def _typed(raw: dict, record: PairRecord) -> dict:
+    """A JSONL rewrite of a non-JSON row: our fields with their parsed values (a CSV's "6" is
+    6), and the video named even when its frames were embedded."""
+    raw.setdefault("video", str(record.video))
+    for key, value in (("frames", record.frames), ("ref_logps", record.ref_logps)):
+        if value is not None:
+            raw[key] = list(value) if isinstance(value, tuple) else value
+    if raw.get("fps") is not None and isinstance(record.video, FrameVideo):
+        raw["fps"] = record.video.fps
+    return raw
+
+
 def parse_pair(obj, source: str, root: Path, frame_fps: float = DEFAULT_FRAME_FPS) -> PairRecord:
     """One pair object (our fields) -> PairRecord; raises ValueError naming the field."""
     if not isinstance(obj, dict):
@@ -222,8 +234,7 @@ def read_pairs(path: str | Path, video_root: str | Path | None = None,
                     reader, native = FORMATS[name], FORMATS[name] is FORMATS["tpo"]
                 record = parse_pair(reader(row), source, root, frame_fps)
                 if not native or path.suffix.lower() not in (".jsonl", ".json"):
-                    record.raw = _json_safe(record.raw)  # a JSONL rewrite holds our fields
-                    record.raw.setdefault("video", str(record.video))  # e.g. embedded frames
+                    record.raw = _typed(_json_safe(record.raw), record)
                 if check_videos:
                     _check_video(record.video)
                 records.append(record)

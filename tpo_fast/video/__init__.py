@@ -28,7 +28,8 @@ from tpo_fast.video.preprocess import preprocess_video, supported_families
 from tpo_fast.video.settings import DecodeSettings
 
 __all__ = [
-    "BACKENDS", "DecodeSettings", "FramePlan", "FrameVideo", "VideoDecodeError", "VideoInfo", "VideoLoader",
+    "BACKENDS", "DecodeSettings", "FramePlan", "FrameVideo", "VideoDecodeError", "VideoInfo",
+    "VideoLoader",
     "choose_backend", "decode", "decode_counts", "decode_many", "load_video_inputs",
     "preprocess_video", "probe", "reset_decode_counts", "resolve_plan", "supported_families",
 ]

@@ -103,8 +103,10 @@ def probe_frames(video: FrameVideo) -> VideoInfo:
 
 def decode_frames(info: VideoInfo, frame_indices: Sequence[int]) -> torch.Tensor:
     """Frames ``frame_indices`` of a frame video as uint8 [n, H, W, 3] RGB (each image read
-    once). A frame of another size than the first raises ``VideoDecodeError`` naming it."""
-    video = FrameVideo(files=info.frames, label=info.path, fps=info.fps)
+    once). A frame of another size than the first raises ``VideoDecodeError`` naming it. An
+    info without its frame sources (rebuilt from a stored dict) re-lists its folder."""
+    sources = info.frames or FrameVideo(folder=info.path, fps=info.fps).frame_sources()
+    video = FrameVideo(files=sources, label=info.path, fps=info.fps)
     out = np.empty((len(frame_indices), info.height, info.width, 3), np.uint8)
     done: dict[int, int] = {}
     for k, i in enumerate(frame_indices):
@@ -112,7 +114,7 @@ def decode_frames(info: VideoInfo, frame_indices: Sequence[int]) -> torch.Tensor
         if i in done:
             out[k] = out[done[i]]
             continue
-        source = info.frames[i]
+        source = sources[i]
         where = _where(video, source, i)
         with _open(source, where) as image:
             if image.size != (info.width, info.height):
