@@ -146,9 +146,7 @@ def _trl_dataset(base, images: bool):
         for row, p in zip(rows, base["pairs"]):
             row["prompt"][-1]["content"][0] = {"type": "image"}
             row["images"] = [Image.fromarray(f) for f in base["frames"][p["video"]]]
-    columns = {k: [r[k] for r in rows] for k in rows[1]}
-    columns["prompt"] = [r["prompt"] for r in rows]
-    ds = datasets.Dataset.from_list([{k: r[k] for k in columns} for r in rows])
+    ds = datasets.Dataset.from_list(rows)
     if images:
         f = ds.features
         f["images"] = datasets.features.Sequence(datasets.features.Image(decode=True))
@@ -173,6 +171,15 @@ def test_trl_parquet_with_images_as_frames_reads_and_trains(base, tmp_path):
     got = decode(info, [0, 5, 15]).numpy()
     np.testing.assert_array_equal(got, base["frames"][base["pairs"][1]["video"]][[0, 5, 15]])
     train_one_step(path, tmp_path / "run", f"data.video_root={base['dir']}")
+
+
+def test_trl_json_lines_written_by_datasets_to_json(base, tmp_path):
+    """``datasets``' ``to_json`` writes JSON Lines even into a ``.json`` file."""
+    path = tmp_path / "trl.json"
+    _trl_dataset(base, images=False).to_json(str(path))
+    records, _ = read_pairs(path, video_root=base["dir"])
+    assert [r.rejected for r in records] == [p["rejected"] for p in base["pairs"]]
+    assert records[1].source == f"{path}:2"
 
 
 @pytest.mark.parametrize("holder", ["save_to_disk", "parquet_shards"])

@@ -193,7 +193,7 @@ def detect_format(row: dict) -> str:
     """``trl`` when the row holds messages (lists) or TRL's media columns, else ``tpo``."""
     if any(isinstance(row.get(k), list) for k in ("prompt", "chosen", "rejected")):
         return "trl"
-    if "images" in row or "videos" in row:
+    if ("images" in row or "videos" in row) and "video" not in row:
         return "trl"
     return "tpo"
 

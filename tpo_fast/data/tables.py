@@ -5,7 +5,8 @@ the ``ValueError`` that made the row unreadable; ``source`` is ``file:line`` (JS
 the row's first line) or ``file[i]`` (a JSON list, Parquet/Arrow: the 0-based row of that
 file). Holders:
 
-* ``.jsonl`` (one object a line), ``.json`` (a list, or JSONL),
+* ``.jsonl`` (one object a line), ``.json`` (a list, or JSON Lines as ``datasets``'
+  ``to_json`` writes it),
 * ``.csv`` / ``.tsv`` (a header row; every value a string),
 * ``.parquet`` and a folder of ``*.parquet`` shards (read in name order),
 * a ``datasets`` ``save_to_disk`` folder: ``state.json`` lists its ``data-XXXXX-of-NNNNN.arrow``
@@ -41,7 +42,8 @@ def _pyarrow():
 
 def _json_rows(path: Path) -> Iterator[tuple[str, object]]:
     text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" or text.lstrip().startswith("["):
+    # a list, else JSON Lines (what datasets' to_json writes, whatever the file's suffix)
+    if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
