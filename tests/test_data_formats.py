@@ -305,6 +305,10 @@ def test_llava_hound_dpo_frame_folders_read_and_train(base, tmp_path):
     records, _ = read_pairs(path, video_root=frames_root, frame_fps=2.0)
     video = records[0].video
     assert isinstance(video, FrameVideo) and video.folder == str(frames_root / "video_000")
+    # the frame rate: a pair's own "fps" field, else the setting
+    with_fps = _write_jsonl(tmp_path / "with_fps.jsonl", [_hound_rows(base)[1] | {"fps": 4}])
+    assert read_pairs(with_fps, video_root=frames_root, frame_fps=2.0)[0][0].video.fps == 4.0
+    assert read_pairs(path, video_root=frames_root, frame_fps=8.0)[0][0].video.fps == 8.0
     assert records[0].prompt == base["pairs"][0]["prompt"]  # "<video>\n" removed
     # frames in name order, at i / fps seconds
     inputs, plan = load_video_inputs(video, _tiny_config(), num_frames=4)
