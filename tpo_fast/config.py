@@ -48,8 +48,29 @@ class ModelConfig:
 
 
 @dataclass
+class DataFields:
+    """Column mapping: which column of the file holds each pair field (None: the field's own
+    name). E.g. ``data.fields.video=clip_path data.fields.prompt=question``."""
+
+    video: str | None = None  # a video file, or a folder of frames
+    prompt: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
+    frames: str | None = None  # a frame count or a list of frame indices
+    fps: str | None = None  # frames per second of a frame-folder video
+    ref_logps: str | None = None  # [chosen, rejected]
+
+
+@dataclass
 class DataConfig:
-    train: str = ""  # pairs JSONL (or a LLaVA-NeXT/TPO DPO .json list)
+    # pairs: a .jsonl / .json / .csv / .tsv / .parquet file, a folder of parquet shards, or a
+    # `datasets` save_to_disk folder
+    train: str = ""
+    # auto (detected from the columns) | tpo (our fields; also the LLaVA-NeXT / LLaVA-Hound-DPO
+    # JSON) | trl (TRL's conversational preference format); tpo_fast/data/formats.py
+    format: str = "auto"
+    fields: DataFields = field(default_factory=DataFields)
+    frame_fps: float = 2.0  # fps of videos given as frame folders / image lists (no field)
     synthetic: bool = False  # write tiny synthetic pairs to data.train when it is missing
     video_root: str | None = None  # relative video paths resolve here (default: the file's folder)
     frames: int = 32  # frames sampled uniformly from each video
@@ -137,6 +158,10 @@ class TrainConfig:
              f"model.dtype must be float32, bfloat16 or float16, got {self.model.dtype!r}"),
             (self.data.train, "data.train (the pairs file) must be set"),
             (self.data.frames >= 1, "data.frames must be >= 1"),
+            (self.data.format in _data_formats(),
+             f"data.format must be one of {', '.join(_data_formats())}, got "
+             f"{self.data.format!r}"),
+            (self.data.frame_fps > 0, "data.frame_fps must be > 0"),
             (self.data.token_budget >= 1, "data.token_budget must be >= 1"),
             (self.data.video_backend in ("auto", "pyav", "dali_cpu", "dali_gpu"),
              f"data.video_backend must be auto, pyav, dali_cpu or dali_gpu, got "
@@ -177,6 +202,12 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         return self
+
+
+def _data_formats() -> tuple[str, ...]:
+    from tpo_fast.data.formats import FORMATS
+
+    return ("auto", *FORMATS)
 
 
 def _loss_mix_error(loss: LossConfig) -> str | None:

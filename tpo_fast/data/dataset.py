@@ -41,7 +41,8 @@ class TPODataset:
     """Pairs ready for packing.
 
     Args:
-        records: validated pairs (``read_pairs``).
+        records: validated pairs (``read_pairs``); a pair's own ``system`` message (TRL)
+            replaces ``data.system_prompt`` for it.
         policy: the ``PreferenceModel`` (its adapter, config and ``pack``).
         tokenizer: the model's tokenizer (with its chat template).
         data_cfg: ``DataConfig`` (frames, system_prompt, decode_threads, skip_invalid,
@@ -122,7 +123,7 @@ class TPODataset:
             self._shape_videos[key] = self._shape_only_video(record)
         video = self._shape_videos[key]
         prompt = self.adapter.prompt_ids(self.tokenizer, record.prompt, video,
-                                         system=self.cfg.system_prompt)
+                                         system=record.system or self.cfg.system_prompt)
         return len(prompt)
 
     def _preprocess_kwargs(self) -> dict:
@@ -159,7 +160,8 @@ class TPODataset:
         pair_ids = [int(i) for i in pair_ids]
         videos = list(self._pool.map(self.video_inputs, pair_ids))
         prompts = [self.adapter.prompt_ids(self.tokenizer, self.tokens[i].question, video,
-                                           system=self.cfg.system_prompt)
+                                           system=self.records[i].system
+                                           or self.cfg.system_prompt)
                    for i, video in zip(pair_ids, videos)]
         ref = None
         if self.has_ref_logps:

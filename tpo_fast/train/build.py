@@ -63,7 +63,7 @@ def plan_epoch(cfg: TrainConfig, lengths, dp_world: int, epoch: int):
 
 def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
     from tpo_fast.data.dataset import TPODataset
-    from tpo_fast.data.pairs import read_pairs
+    from tpo_fast.data.pairs import read_pairs_config
     from tpo_fast.models import PreferenceModel
     from tpo_fast.train.reference import reference_kind
     from tpo_fast.train.setup import deepspeed_config, init_distributed, load_tokenizer_and_model
@@ -84,7 +84,7 @@ def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
     seed_everything(cfg.run.seed)
     if cfg.data.synthetic and not Path(cfg.data.train).exists():
         _write_synthetic_pairs(cfg, rank)
-    records, skipped = read_pairs(cfg.data.train, cfg.data.video_root, cfg.data.skip_invalid)
+    records, skipped = read_pairs_config(cfg.data)
     ds_config = deepspeed_config(cfg, world, accumulation=1)
     tokenizer, model, keep_alive = load_tokenizer_and_model(cfg, ds_config, role="policy")
     hf_model = model.get_base_model() if hasattr(model, "get_base_model") else model

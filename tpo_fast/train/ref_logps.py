@@ -47,14 +47,14 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
     import torch.distributed as dist
 
     from tpo_fast.data.dataset import TPODataset
-    from tpo_fast.data.pairs import read_pairs, write_pairs_atomic
+    from tpo_fast.data.pairs import read_pairs_config, write_pairs_atomic
     from tpo_fast.models import PreferenceModel
     from tpo_fast.packing import plan_bins
     from tpo_fast.train.setup import enable_sequence_parallel, load_tokenizer_and_model
 
     rank, world, rank_device = _process_group()
     source = Path(cfg.data.train)
-    records, skipped = read_pairs(source, cfg.data.video_root, cfg.data.skip_invalid)
+    records, skipped = read_pairs_config(cfg.data)
     tokenizer, model, _ = load_tokenizer_and_model(cfg, ds_config=None, role="score")
     device = torch.device(device) if device else rank_device or torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")

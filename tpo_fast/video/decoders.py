@@ -9,6 +9,9 @@ When DALI does not import, "auto" uses PyAV and logs one warning.
 Frames decoded on the CPU for a CUDA ``device`` are pinned and copied without blocking, so a
 decoding thread hands the GPU uint8 frames and the model's preprocessing runs there.
 ``decode_counts()`` counts the decodes per backend that produced them (and PyAV fallbacks).
+
+A video given as image frames (``VideoInfo.codec == "frames"``, ``frame_folder.py``) is read
+with Pillow whatever the backend, counted as "frames".
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from tpo_fast.video.dali_backend import (
     decode_dali,
 )
 from tpo_fast.video.errors import VideoDecodeError
+from tpo_fast.video.frame_folder import FRAME_CODEC, decode_frames
 from tpo_fast.video.info import VideoInfo, probe
 from tpo_fast.video.pyav_backend import _check_indices, decode_pyav
 from tpo_fast.video.settings import DEFAULT_THREADS, VIDEO_BACKENDS, resolve_device
@@ -89,7 +93,7 @@ def to_device(frames: torch.Tensor, device: torch.device | str | None) -> torch.
     return frames.to(device)
 
 
-def _info(source: str | os.PathLike | VideoInfo) -> VideoInfo:
+def _info(source) -> VideoInfo:
     return source if isinstance(source, VideoInfo) else probe(source)
 
 
@@ -150,6 +154,10 @@ def decode(source: str | os.PathLike | VideoInfo, frame_indices: Sequence[int], 
     info = _info(source)
     _check_indices(info, frame_indices)
     device = _explicit(device)
+    if info.codec == FRAME_CODEC:  # images, not a stream: no decoder backend applies
+        frames = decode_frames(info, frame_indices)
+        _count("frames")
+        return to_device(frames, device)
     chosen = None
     try:
         chosen = _check_backend(backend, info, device)
@@ -173,7 +181,7 @@ def decode_many(sources: Sequence[str | os.PathLike | VideoInfo],
     for info, idx in zip(infos, frame_indices):
         _check_indices(info, idx)
     device = _explicit(device)
-    if not fallback:
+    if not fallback and not any(info.codec == FRAME_CODEC for info in infos):
         chosen = {_check_backend(backend, info, device) for info in infos}
         if len(chosen) == 1 and next(iter(chosen)) != "pyav":
             gpu = chosen == {"dali_gpu"}
