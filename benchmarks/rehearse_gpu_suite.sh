@@ -109,8 +109,15 @@ if [ -z "$whl" ]; then
           --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any"
     "$env_dir/bin/python3" -m pip --version > /dev/null 2>&1 && pip=("$env_dir/bin/python3" -m pip) \
       || pip=(python3 -m pip)
-    "${pip[@]}" download -q --no-deps --only-binary=:all: --python-version "$pyver" \
-      --implementation cp $plat --pre -d "$whl" $small $fa4 >> "$log" 2>&1
+    # one at a time: a pin with no wheel for this Python (av 19 is cp312-abi3) takes the
+    # newest wheel that has one, written to $whl/SUBSTITUTED
+    for spec in $small $fa4; do
+      "${pip[@]}" download -q --no-deps --only-binary=:all: --python-version "$pyver" \
+        --implementation cp $plat --pre -d "$whl" "$spec" >> "$log" 2>&1 || {
+        "${pip[@]}" download -q --no-deps --only-binary=:all: --python-version "$pyver" \
+          --implementation cp $plat --pre -d "$whl" "${spec%%==*}" >> "$log" 2>&1
+        echo "$spec" >> "$whl/SUBSTITUTED"; }
+    done
     "${pip[@]}" download -q --no-deps --no-binary=:all: -d "$cache/sdist" "$ds" >> "$log" 2>&1
     DS_BUILD_OPS=0 "${pip[@]}" wheel -q --no-deps -w "$whl" "$cache/sdist/${ds/==/-}.tar.gz" >> "$log" 2>&1
     touch "$whl/.complete"
@@ -136,7 +143,7 @@ set -e
 t_end=$(date +%s)
 [ -f "$out/gpu_suite.json" ] || { echo "rehearsal: no $out/gpu_suite.json"; exit 4; }
 "$env_dir/bin/python3" - "$out/gpu_suite.json" "$((t_env - t0))" "$((t_whl - t_env))" \
-  "$((t_end - t_whl))" <<'EOF'
+  "$((t_end - t_whl))" "$([ -f "$whl/SUBSTITUTED" ] && echo "$whl/SUBSTITUTED")" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1]))
 e = s["environment"]
@@ -144,6 +151,7 @@ print(json.dumps({
     "rehearsal": {"env_s": int(sys.argv[2]), "wheels_s": int(sys.argv[3]),
                   "call_s": int(sys.argv[4])},
     "python": e["python"], "versions": e["versions"], "commit": e["commit"],
+    "substituted": open(sys.argv[5]).read().split() if sys.argv[5] else [],
     "imports": s["imports"], "setup_s": s["setup_s"], "wall_s": round(s["wall_s"], 1),
     "all_ok": s["all_ok"], "complete": s["complete"],
     "steps": {k: v.get("skipped") or (("ok " if v["ok"] else "FAILED ") + f"{v['wall_s']:.0f} s")
