@@ -136,7 +136,7 @@ mkdir -p "$out"
 
 # 4. the call, in a bare environment: the environment's python3 first on PATH, nothing else
 set +e
-(cd "$work/clone" && env -i HOME="$HOME" PATH="$env_dir/bin:/usr/local/bin:/usr/bin:/bin" \
+(cd "$work/clone" && env -i HOME="$HOME" PATH="$env_dir/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
    OUT="$out" bash benchmarks/gpu_suite.sh "$budget" --dry-run)
 rc=$?
 set -e
