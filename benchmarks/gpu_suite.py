@@ -196,8 +196,8 @@ def run_step(step: Step, timeout_s: float, log, out: Path) -> dict:
     text = capture.read_text(errors="replace")
     capture.unlink()
     log.write(text)
-    log.write(f"----- {step.name}: rc {rc}{' (timed out: process group killed)' if timed_out else ''}"
-              f", {wall:.1f} s\n")
+    killed = " (timed out: process group killed)" if timed_out else ""
+    log.write(f"----- {step.name}: rc {rc}{killed}, {wall:.1f} s\n")
     log.flush()
     return {"command": command, "timeout_s": timeout_s, "wall_s": wall, "returncode": rc,
             "timed_out": timed_out, "ok": rc == 0, "output_tail": text[-2000:]}

@@ -2,6 +2,7 @@
 the CPU dry run end to end (every step in its smoke form; CI runs it so the suite cannot rot)."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -123,15 +124,28 @@ def test_the_json_is_written_after_every_step(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "gpu_suite.json").read_text())["complete"]
 
 
-def test_dry_run_runs_every_step(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", "400", "--dry-run",
-                           "--out-dir", str(tmp_path)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+KIT = Path(os.environ.get("GPU_KIT", ROOT.parent / "shared" / "gpu"))
+REHEARSAL_BUDGET_S = 400
+
+
+@pytest.mark.skipif(not (KIT / "make-carry").is_file(),
+                    reason=f"no GPU kit at {KIT} (../shared/gpu beside the clone, or $GPU_KIT)")
+def test_rehearsal_of_the_machines_call(tmp_path):
+    """The lent machine's call, rehearsed by benchmarks/rehearse_gpu_suite.sh (CI's variant:
+    this venv's Python and versions, only the packages the image has): a fresh clone with
+    nothing of the project installed, the kit's wheels installed by the kit's own script, then
+    `bash benchmarks/gpu_suite.sh BUDGET --dry-run` in a bare environment; every step runs in
+    its dry form, tpo_fast.kernels and tpo_fast._C import from the clone."""
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "rehearse_gpu_suite.sh"),
+                           "--from-venv", sys.prefix, "--budget", str(REHEARSAL_BUDGET_S),
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=REHEARSAL_BUDGET_S + 600, env=dict(os.environ, GPU_KIT=str(KIT)))
+    assert (tmp_path / "gpu_suite.json").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "gpu_suite.json").read_text())
     failed = {k: v.get("output_tail", v.get("skipped")) for k, v in summary["steps"].items()
               if not v.get("ok")}
     assert proc.returncode == 0 and not failed, failed
-    assert summary["dry_run"] and summary["environment"]["commit"]
+    assert summary["dry_run"] and summary["complete"] and summary["environment"]["commit"]
     assert list(summary["steps"]) == [s.name for s in gpu_suite.steps(tmp_path, True, "x")]
     for step in summary["steps"].values():
         if "result_file" in step:
@@ -139,4 +153,13 @@ def test_dry_run_runs_every_step(tmp_path):
             json.loads((tmp_path / step["result_file"]).read_text())
     assert "passed" not in summary["steps"]["gpu_tests"]["output_tail"]  # collected, not run
     assert (tmp_path / "gpu_suite.log").read_text().count("=====") == len(summary["steps"])
-    assert summary["wall_s"] < 400
+    assert summary["wall_s"] < REHEARSAL_BUDGET_S
+    # the project from the clone, nothing of it installed; the kit's wheels in use
+    imports = summary["imports"]
+    clone = Path(imports["tpo_fast"]).parents[1]
+    assert clone != ROOT and (clone / ".whl").is_dir(), imports
+    assert imports["tpo_fast.kernels"] == str(clone / "kernels" / "__init__.py"), imports
+    assert Path(imports["tpo_fast._C"]).parent == clone / "tpo_fast", imports
+    versions = summary["environment"]["versions"]
+    assert "tpo-fast" not in versions and versions["deepspeed"] == "0.19.8", versions
+    assert summary["steps"]["kernel_tests"]["command"].split().count("-n") == 1  # xdist there

@@ -305,5 +305,5 @@ def gather_scored(local: torch.Tensor, plan: ShardPlan, sp: SequenceParallel) ->
 
 
 __all__ = ["SequenceParallel", "ShardPlan", "ShardedAttention", "check_heads", "encode_split",
-           "gather_scored", "language_config", "gathered_attention", "init_sequence_parallel", "shard_features",
-           "shard_plan"]
+           "gather_scored", "language_config", "gathered_attention", "init_sequence_parallel",
+           "shard_features", "shard_plan"]
