@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import gpu_suite
 
@@ -163,3 +164,26 @@ def test_rehearsal_of_the_machines_call(tmp_path):
     versions = summary["environment"]["versions"]
     assert "tpo-fast" not in versions and versions["deepspeed"] == "0.19.8", versions
     assert summary["steps"]["kernel_tests"]["command"].split().count("-n") == 1  # xdist there
+
+
+def test_a_failing_variant_is_recorded_and_the_others_kept(monkeypatch):
+    """packed_forward with a backend that raises (as varlen_attn(enable_gqa=...) would on torch
+    2.11): its exception is the variant's entry, the other variants are measured, and the
+    result so far is reported after every variant."""
+    from benchmarks import packed_forward
+    from tpo_fast.attention import backends
+
+    def broken(*args, **kwargs):
+        raise TypeError("varlen_attn() got an unexpected keyword argument 'enable_gqa'")
+
+    for module in (packed_forward, backends):
+        monkeypatch.setattr(module, "available_backends", lambda device: ["sdpa", "flex"])
+    monkeypatch.setattr(backends, "_compiled_flex", lambda: broken)
+    reports = []
+    result = packed_forward.run(64, 8, packed_forward.TINY, "cpu", torch.float32, reps=1,
+                                report=reports.append)
+    assert result["results"]["packed[flex]"]["error"].startswith("TypeError: varlen_attn()")
+    for name in ("unpacked_full_logits", "unpacked_response_head", "packed[sdpa]"):
+        assert result["results"][name]["fwd_bwd"]["median_s"] > 0, name
+    assert [len(r["results"]) for r in reports] == [1, 2, 3, 4]
+    assert not any(r["complete"] for r in reports) and result["complete"]
