@@ -7,7 +7,8 @@
 #
 #   bash benchmarks/rehearse_gpu_suite.sh --python python3.12            # by hand (see below)
 #   bash benchmarks/rehearse_gpu_suite.sh --from-venv .venv              # CI's variant
-# Options: --env DIR (the environment; built once, then reused: default .cache/rehearsal/env-*),
+# Options: --env DIR (an environment to use as it is, or where to build one; default
+#   .cache/rehearsal/env-*, rebuilt when gpu_image.txt or this script changes),
 #   --python PY (build it with PY and `pip install -r benchmarks/gpu_image.txt`: the image's
 #   versions; with Python 3.12 that is torch 2.11 cu130 from PyPI, ≈ 5 GB with its CUDA
 #   libraries, ≈ 11 min here: no CPU build of torch for 3.12 is reachable from this machine),
@@ -38,10 +39,15 @@ log=$cache/build.log
 t0=$(date +%s)
 
 # 1. the environment
-if [ -z "$env_dir" ]; then
+stamp=$(cat "$root/benchmarks/gpu_image.txt" "$0" | sha256sum | cut -c1-16)  # rebuilt on change
+build=1
+if [ -n "$env_dir" ] && [ -x "$env_dir/bin/python3" ]; then
+  build=0  # a given environment: used as it is
+elif [ -z "$env_dir" ]; then
   env_dir=$cache/env-$([ -n "$from_venv" ] && echo venv || basename "$python")
+  [ "$(cat "$env_dir/.complete" 2>/dev/null)" != "$stamp" ] || build=0
 fi
-if [ ! -f "$env_dir/.complete" ]; then
+if [ "$build" = 1 ]; then
   rm -rf "$env_dir"
   if [ -n "$from_venv" ]; then
     "$from_venv/bin/python" -m venv --without-pip "$env_dir"
@@ -92,7 +98,7 @@ EOF
     "$python" -m venv "$env_dir"
     "$env_dir/bin/python3" -m pip install -q -r "$root/benchmarks/gpu_image.txt" >> "$log" 2>&1
   fi
-  touch "$env_dir/.complete"
+  echo "$stamp" > "$env_dir/.complete"
 fi
 pyver=$("$env_dir/bin/python3" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 t_env=$(date +%s)
