@@ -1,7 +1,10 @@
 """The one benchmark harness: timing with quantiles, the environment, JSON results.
 
 Every script in benchmarks/ times with ``timed`` and writes with ``write_result``, so results
-carry the device, package versions, commit and the exact command that produced them.
+carry the device, package versions, commit and the exact command that produced them. Scripts
+write after every arm or shape (``"complete": false`` until the last), so a run killed at its
+time cap keeps what it measured, and record a variant's exception with ``failure`` instead of
+losing the other variants.
 """
 
 from __future__ import annotations
@@ -99,6 +102,16 @@ def write_result(name: str, payload: dict, out: str | Path | None = None) -> Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": name, "environment": env, **payload}, indent=2) + "\n")
     return out
+
+
+def failure(exc: BaseException) -> dict:
+    """A variant's, arm's or shape's exception as a result entry, so the others are kept:
+    ``{"error": "out of memory: ..."}`` or ``{"error": "TypeError: ..."}``."""
+    torch = sys.modules.get("torch")
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+        return {"error": f"out of memory: {text}"[:300]}
+    return {"error": f"{type(exc).__name__}: {text}"[:300]}
 
 
 def timed_after(setup: Callable[[], object], fn: Callable[[object], object], *, reps: int = 5,

@@ -47,7 +47,13 @@ if not torch.cuda.is_available():  # before triton is imported (the Triton path 
 
 from tpo_fast.kernels import chunked_linear_logprobs, dpo_sft_loss, preference_loss  # noqa: E402
 
-from benchmarks.harness import peak_extra_memory, timed, timed_after, write_result  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    failure,
+    peak_extra_memory,
+    timed,
+    timed_after,
+    write_result,
+)
 
 QWEN2_7B_HEAD = dict(H=3584, V=152064)
 GPU_NS = (1024, 4096, 8192, 16384)
@@ -181,16 +187,16 @@ def run_one(N, H, V, response_len, device, dtype, reps, warmup, only=None) -> di
             continue
         try:
             results[name] = measure(fn, hidden, weight, reps, warmup)
-        except torch.OutOfMemoryError as exc:
-            results[name] = {"error": f"out of memory: {str(exc)[:160]}"}
+        except Exception as exc:  # e.g. out of memory, or a kernel that does not compile
+            results[name] = failure(exc)
         finally:
             if device == "cuda":
                 torch.cuda.empty_cache()
     if not only or "roofline_matmuls" in only:
         try:
             results["roofline_matmuls"] = measure_roofline(hidden, weight, reps, warmup)
-        except torch.OutOfMemoryError as exc:
-            results["roofline_matmuls"] = {"error": f"out of memory: {str(exc)[:160]}"}
+        except Exception as exc:
+            results["roofline_matmuls"] = failure(exc)
     base = results.get("naive", {}).get("loss")
     for entry in results.values():
         if "fwd_bwd" in entry:
@@ -262,15 +268,15 @@ def main(argv=None) -> int:
         Ns, response_len, reps, warmup = args.n or GPU_NS, RESPONSE_LEN, args.reps, 1
         out = args.out
     runs = []
-    for N in Ns:
+    config = {"H": H, "V": V, "dtype": str(dtype).removeprefix("torch."), "device": device,
+              "beta": BETA, "alpha": ALPHA, "loss_type": "sigmoid", "reference_free": True,
+              "response_len": response_len, "reps": reps, "warmup": warmup}
+    for i, N in enumerate(Ns):
         runs.append(run_one(N, H, V, response_len, device, dtype, reps, warmup, args.only))
         print_run(runs[-1])
-    result = {"config": {"H": H, "V": V, "dtype": str(dtype).removeprefix("torch."),
-                         "device": device, "beta": BETA, "alpha": ALPHA,
-                         "loss_type": "sigmoid", "reference_free": True,
-                         "response_len": response_len, "reps": reps, "warmup": warmup},
-              "results": runs, "targets": evaluate_targets(runs, args.smoke)}
-    path = write_result("kernels", result, out)
+        result = {"config": config, "results": runs, "complete": i == len(Ns) - 1,
+                  "targets": evaluate_targets(runs, args.smoke)}
+        path = write_result("kernels", result, out)  # after every shape
     for name, entry in result["targets"].items():
         value = entry.get("value", entry.get("value_mb"))
         shown = "n/a" if value is None else f"{value:.3g}"

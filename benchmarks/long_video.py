@@ -118,10 +118,9 @@ def worker(args) -> None:
         rows.append(row)
         if dist.get_rank() == 0:
             print(f"long_video: SP={args.sp} tiles={args.tiles} {row}", file=sys.stderr)
+            Path(args.out).write_text(json.dumps(rows))  # after every rung: a kill keeps them
         if not row["fits"]:
             break
-    if dist.get_rank() == 0:
-        Path(args.out).write_text(json.dumps(rows))
     dist.barrier()
     # no group teardown: gloo's teardown of the SP groups aborted a process now and then
     sys.stdout.flush(), sys.stderr.flush()
@@ -148,9 +147,12 @@ def _measure(policy, batch, device, cuda: bool, RSSPeak):
             step()
             seconds = time.perf_counter() - t0
         return mem.extra, seconds, None
-    except torch.cuda.OutOfMemoryError as exc:
-        torch.cuda.empty_cache()
-        return None, 0.0, f"out of memory: {str(exc).splitlines()[0]}"
+    except Exception as exc:  # out of memory, or any failure: recorded, the ladder stops
+        from benchmarks.harness import failure
+
+        if cuda:
+            torch.cuda.empty_cache()
+        return None, 0.0, failure(exc)["error"]
 
 
 # ---- the orchestrator ---------------------------------------------------------------------------
@@ -176,7 +178,8 @@ def run_config(args, sp: int, tiles: int) -> dict:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not out.exists():
-            return dict(sp=sp, tiled_mlp=tiles, error=proc.stderr[-3000:])
+            rows = json.loads(out.read_text()) if out.exists() else []  # the rungs it finished
+            return dict(sp=sp, tiled_mlp=tiles, error=proc.stderr[-3000:], rows=rows)
         rows = json.loads(out.read_text())
     fitting = [r["frames"] for r in rows if r["fits"]]
     return dict(sp=sp, tiled_mlp=tiles, rows=rows, wall_s=round(time.perf_counter() - t0, 1),
@@ -207,16 +210,19 @@ def main(argv=None) -> int:
     if args.cap_mib is None:
         args.cap_mib = shape["cap_mib"]
     configs = SMOKE_CONFIGS if args.smoke else CONFIGS
-    results = [run_config(args, sp, tiles) for sp, tiles in configs]
-    for r in results:
+    results = []
+    for sp, tiles in configs:
+        results.append(run_config(args, sp, tiles))
+        r = results[-1]
         print(f"SP={r['sp']} tiled_mlp={r['tiled_mlp']}: longest "
               f"{r.get('longest_frames', '-')} frames "
               f"{r.get('skipped') or ('error' if 'error' in r else '')}", file=sys.stderr)
-    payload = dict(shape=args.shape, device=args.device, cap_mib=args.cap_mib,
-                   layers=args.layers if args.device == "cuda" else None,
-                   ladder=list(shape["ladder"]), configs=results,
-                   command="python -m benchmarks.long_video " + " ".join(argv or sys.argv[1:]))
-    path = write_result("long_video", payload, args.out)
+        payload = dict(shape=args.shape, device=args.device, cap_mib=args.cap_mib,
+                       layers=args.layers if args.device == "cuda" else None,
+                       ladder=list(shape["ladder"]), configs=results,
+                       complete=len(results) == len(configs),
+                       command="python -m benchmarks.long_video " + " ".join(argv or sys.argv[1:]))
+        path = write_result("long_video", payload, args.out)  # after every configuration
     print(f"long_video: wrote {path}", file=sys.stderr)
     return 0 if not any("error" in r for r in results) else 1
 

@@ -21,7 +21,7 @@ import tempfile
 
 import torch
 
-from benchmarks.harness import timed, write_result
+from benchmarks.harness import failure, timed, write_result
 from tpo_fast.attention import PACKED_KWARG, PackedAttention, available_backends, packed_forward
 from tpo_fast.attention import register as register_attention
 from tpo_fast.packing import pack_pairs
@@ -48,7 +48,10 @@ def response_logps(hidden, weight, targets, seq_id, n_seqs):
     return torch.zeros(n_seqs, device=hidden.device).index_add(0, seq_id, token)
 
 
-def run(prompt_len: int, response_len: int, shape: dict, device: str, dtype, reps: int) -> dict:
+def run(prompt_len: int, response_len: int, shape: dict, device: str, dtype, reps: int,
+        report=None) -> dict:
+    """Every variant's fwd+bwd; ``report(partial)`` (if given) gets the result so far after
+    every variant."""
     vocab = shape["vocab_size"]
     g = torch.Generator().manual_seed(1)
     prompt, chosen, rejected = (torch.randint(0, vocab, (n,), generator=g)
@@ -103,13 +106,24 @@ def run(prompt_len: int, response_len: int, shape: dict, device: str, dtype, rep
             base = torch.cuda.memory_allocated()
         try:
             t = timed(fn, reps=reps, warmup=1)
-        except torch.OutOfMemoryError as exc:
-            results[name] = {"error": f"out of memory: {exc}"[:200]}
-            continue
-        entry = {"fwd_bwd": t}
-        if cuda:
-            entry["peak_extra_memory_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
-        results[name] = entry
+        except Exception as exc:  # e.g. out of memory, or a backend that fails on this torch
+            results[name] = failure(exc)
+        else:
+            entry = {"fwd_bwd": t}
+            if cuda:
+                entry["peak_extra_memory_gib"] = (torch.cuda.max_memory_allocated()
+                                                  - base) / 2**30
+            results[name] = entry
+        if report is not None:
+            report(_summary(results, prompt_len, response_len, shape, dtype, device, stock_attn,
+                            complete=False))
+    return _summary(results, prompt_len, response_len, shape, dtype, device, stock_attn,
+                    complete=True)
+
+
+def _summary(results, prompt_len, response_len, shape, dtype, device, stock_attn,
+             complete: bool) -> dict:
+    results = {k: dict(v) for k, v in results.items()}
     base_time = results.get("unpacked_full_logits", {}).get("fwd_bwd", {}).get("median_s")
     for entry in results.values():
         if base_time and "fwd_bwd" in entry:
@@ -117,7 +131,7 @@ def run(prompt_len: int, response_len: int, shape: dict, device: str, dtype, rep
     return {"config": {"prompt_tokens": prompt_len, "response_tokens": response_len,
                        "model": shape, "dtype": str(dtype), "device": device,
                        "stock_attention": stock_attn},
-            "results": results}
+            "results": results, "complete": complete}
 
 
 def main(argv=None) -> int:
@@ -129,13 +143,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     if args.smoke:
-        result = run(64, 8, TINY, "cpu", torch.float32, reps=1)
         out = args.out or tempfile.mkdtemp(prefix="tpo_bench_") + "/packed_forward.json"
+        result = run(64, 8, TINY, "cpu", torch.float32, reps=1,
+                     report=lambda partial: write_result("packed_forward", partial, out))
     else:
         if not torch.cuda.is_available():
             raise SystemExit("the full benchmark needs CUDA; use --smoke on CPU")
-        result = run(args.prompt, args.response, QWEN2_1_5B, "cuda", torch.bfloat16, args.reps)
         out = args.out
+        result = run(args.prompt, args.response, QWEN2_1_5B, "cuda", torch.bfloat16, args.reps,
+                     report=lambda partial: write_result("packed_forward", partial, out))
     path = write_result("packed_forward", result, out)
     for name, entry in result["results"].items():
         if "error" in entry:

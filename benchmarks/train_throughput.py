@@ -4,6 +4,7 @@ DPO recipe, on the same model and the same pairs, with an ablation of the fast p
     python -m benchmarks.train_throughput                         # CPU: the scaled shape (below)
     python -m benchmarks.train_throughput --device cuda --frames 32 128   # LLaVA-Video-7B shape
     python -m benchmarks.train_throughput --smoke                 # tiny CPU run, seconds (CI)
+    python -m benchmarks.train_throughput --mix                   # + the realistic pair mix
 
 Arms (each one optimizer step over the same ``--pairs-per-step`` pairs, AdamW on the language
 model and projector, the vision tower frozen, as in TPO):
@@ -40,7 +41,13 @@ FLOP count (``flop_count`` in the JSON): a trained linear layer costs 6 · param
 (forward 2, backward 4), a frozen one 2 · params · tokens; attention's forward costs
 4 · heads · head_dim · (query, key) pairs per layer (QK^T and AV), ×3 when trained; causal pairs
 only (what the model needs: a dense-mask backend computes more); the LM head 2 · H · V per
-position (×3 trained). speedup = fast pairs/s ÷ standard pairs/s.
+position (×3 trained). speedup = fast pairs/s ÷ standard pairs/s; beside it
+``flop_bound_speedup`` = standard FLOPs ÷ fast FLOPs a step (the speed-up the work saved allows)
+and ``speedup_over_flop_bound``, their ratio.
+
+``--mix`` adds a run on a realistic pair mix (``MIXES``): responses of 20-500 tokens, chosen and
+rejected of different lengths, videos of a few lengths (CPU 8/16/24 frames), the standard arm's
+rows padded to the longest of each micro-batch as TRL pads them.
 
 CPU shape (``--device cpu``): LLaVA-OneVision (SigLIP tower + Qwen2 LM, random weights) scaled
 down: 16 frames of 308 px, 14 px patches → 121 tokens a frame, prompt 2,048 tokens (video +
@@ -68,7 +75,9 @@ import torch
 if not torch.cuda.is_available():  # before triton is imported (the Triton path is lazy)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from benchmarks.harness import timed, write_result  # noqa: E402
+import random  # noqa: E402
+
+from benchmarks.harness import failure, timed, write_result  # noqa: E402
 
 QWEN2_7B_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                      num_attention_heads=28, num_key_value_heads=4, vocab_size=152064)
@@ -91,6 +100,17 @@ SHAPES = {
                               num_attention_heads=2, image_size=28, patch_size=14),
                   frames=(2,), prompt_tokens=24, response_tokens=4, pairs_per_step=2,
                   dtype="float32", reps=1),
+}
+# The realistic pair mix (``--mix``): responses of 20-500 tokens (chosen and rejected drawn
+# apart, so the standard recipe's two rows differ in length), a few video lengths, the question
+# around the video as on CUDA. The standard arm pads each micro-batch to its longest row, as
+# TRL's DPOTrainer (and LLaVA-NeXT's train_dpo.py) pad prompt+chosen and prompt+rejected; its
+# micro-batch is one pair (per-device batch 1, the video recipes' setting: videos of different
+# lengths do not stack into one pixel tensor).
+MIXES = {
+    "cpu": dict(frames=(8, 16, 24), response_tokens=(20, 500), pairs_per_step=4, seed=0),
+    "cuda": dict(frames=(16, 32, 64), response_tokens=(20, 500), pairs_per_step=4, seed=0),
+    "smoke": dict(frames=(1, 2, 3), response_tokens=(2, 9), pairs_per_step=3, seed=0),
 }
 QUESTION_TOKENS = 40  # text around the video when the prompt length is not given (CUDA)
 BETA, ALPHA, LR = 0.2, 1.0, 1e-7
@@ -170,14 +190,19 @@ def parameter_counts(model, policy) -> dict:
 
 # ---- the pairs -----------------------------------------------------------------------------------
 def make_pairs(policy, config, n_pairs: int, frames: int, prompt_tokens: int | None,
-               response_tokens: int, seed: int = 0):
+               response_tokens: int, seed: int = 0, lengths=None):
     """n pairs: random pixels, a prompt of ``prompt_tokens`` (video tokens + question text; the
-    question's length differs by a few tokens between pairs), two ``response_tokens`` responses."""
+    question's length differs by a few tokens between pairs), two ``response_tokens`` responses;
+    or, with ``lengths`` (``mix_lengths``), pair i's (frames, chosen, rejected) from it."""
     g = torch.Generator().manual_seed(seed)
     V = config.text_config.vocab_size
     size = config.vision_config.image_size
     pairs = []
     for i in range(n_pairs):
+        if lengths is not None:
+            frames, chosen_len, rejected_len = lengths[i]
+        else:
+            chosen_len = rejected_len = response_tokens
         video = {"pixel_values_videos": torch.randn(1, frames, 3, size, size, generator=g)}
         n_video = policy.adapter.num_video_tokens(video)
         n_text = (prompt_tokens - n_video if prompt_tokens else QUESTION_TOKENS) - 3 * i
@@ -186,10 +211,20 @@ def make_pairs(policy, config, n_pairs: int, frames: int, prompt_tokens: int | N
                              "tokens and a question")
         text = torch.randint(10, V - 10, (n_text,), generator=g).tolist()
         prompt = text[:n_text // 4] + [config.video_token_id] * n_video + text[n_text // 4:]
-        chosen, rejected = (torch.randint(10, V - 10, (response_tokens,), generator=g).tolist()
-                            for _ in range(2))
+        chosen, rejected = (torch.randint(10, V - 10, (n,), generator=g).tolist()
+                            for n in (chosen_len, rejected_len))
         pairs.append(dict(prompt=prompt, chosen=chosen, rejected=rejected, video=video))
     return pairs
+
+
+def mix_lengths(mix: dict) -> list[tuple[int, int, int]]:
+    """(frames, chosen tokens, rejected tokens) of each pair of a pair mix (``MIXES``): the video
+    lengths in turn, the responses' lengths drawn uniformly (seeded)."""
+    rng = random.Random(mix["seed"])
+    lo, hi = mix["response_tokens"]
+    frames = mix["frames"]
+    return [(frames[i % len(frames)], rng.randint(lo, hi), rng.randint(lo, hi))
+            for i in range(mix["pairs_per_step"])]
 
 
 def pack(policy, pairs, ref_logps=None):
@@ -220,9 +255,12 @@ class Bench:
         self.objective = TPOObjective(self.policy, self.loss_cfg, "fast")
         self.trained = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trained, lr=LR, weight_decay=0.0)
-        G = shape["pairs_per_step"]
-        self.pairs = make_pairs(self.policy, self.config, G, frames, shape["prompt_tokens"],
-                                shape["response_tokens"])
+        mix = shape.get("mix")
+        G = mix["pairs_per_step"] if mix else shape["pairs_per_step"]
+        self.pairs = make_pairs(self.policy, self.config, G, frames,
+                                None if mix else shape["prompt_tokens"],
+                                shape["response_tokens"],
+                                lengths=mix_lengths(mix) if mix else None)
         self.n_pairs = G
         self.chosen_tokens = sum(len(p["chosen"]) for p in self.pairs)
         # Batches are built once (host-side work that a data loader overlaps with the step).
@@ -492,6 +530,13 @@ FLOP_FORMULA = (
     "Lq*(Lk-Lq) + Lq(Lq+1)/2")
 
 
+def flop_bound(bench: Bench) -> float:
+    """The speed-up the FLOPs allow: standard FLOPs ÷ fast FLOPs a step (``flop_count``; the
+    fast arm's count includes the one-time reference pass's share). A measured speed-up near
+    it means the fast path turns its saved work into time; far under it, overheads eat it."""
+    return flop_count(bench, "standard")["total"] / flop_count(bench, "fast")["total"]
+
+
 # ---- measuring -----------------------------------------------------------------------------------
 class RSSPeak:
     """Peak resident set (bytes) above its level at start, sampled every 5 ms on a thread."""
@@ -585,8 +630,8 @@ def run_shape(shape: dict, frames: int, device: str, dtype, reps: int, arms=ARMS
         bench.reset_weights()
         try:
             check[arm] = bench.step(arm)
-        except torch.OutOfMemoryError as exc:  # e.g. the standard rows' full logits
-            failed[arm] = f"out of memory: {exc}"[:300]
+        except Exception as exc:  # e.g. out of memory (the standard rows' full logits)
+            failed[arm] = failure(exc)["error"]
             bench.optimizer.zero_grad(set_to_none=True)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
@@ -641,10 +686,13 @@ def run_shape(shape: dict, frames: int, device: str, dtype, reps: int, arms=ARMS
     ref_loss = check.get("standard", check.get("fast", 0.0))
     diffs = {arm: abs(v - ref_loss) / max(abs(ref_loss), 1e-12) for arm, v in check.items()}
     lm_layers = bench.config.text_config.num_hidden_layers
+    speedup = fast / base if base and fast else None
+    bound = flop_bound(bench)
     return {
-        "frames": frames,
+        "frames": frames if "mix" not in shape else "mix",
         "pairs_per_step": G,
-        "lengths": [{"prompt": len(p["prompt"]), "chosen": len(p["chosen"]),
+        "lengths": [{"frames": p["video"]["pixel_values_videos"].shape[1],
+                     "prompt": len(p["prompt"]), "chosen": len(p["chosen"]),
                      "rejected": len(p["rejected"]),
                      "video_tokens": bench.policy.adapter.num_video_tokens(p["video"])}
                     for p in bench.pairs],
@@ -655,7 +703,53 @@ def run_shape(shape: dict, frames: int, device: str, dtype, reps: int, arms=ARMS
         "equal_loss": {"losses": check, "relative_difference": diffs, "rtol": loss_rtol,
                        "passed": len(check) > 1 and all(d <= loss_rtol for d in diffs.values())},
         "arms": results,
-        "speedup": fast / base if base and fast else None,
+        "speedup": speedup,
+        "flop_bound_speedup": bound,
+        "speedup_over_flop_bound": speedup / bound if speedup else None,
+    }
+
+
+def _payload(runs, shape, device, dtype, reps, load_before, wall, complete) -> dict:
+    ok = [r for r in runs if "arms" in r and r["frames"] != "mix"]
+    mix = next((r for r in runs if r["frames"] == "mix"), None)
+    return {
+        "speedup": ok[0]["speedup"] if ok else None,
+        "flop_bound_speedup": ok[0]["flop_bound_speedup"] if ok else None,
+        "speedup_over_flop_bound": ok[0]["speedup_over_flop_bound"] if ok else None,
+        "speedup_note": "fast pairs/s ÷ standard pairs/s at the first shape (frames "
+                        f"{ok[0]['frames'] if ok else '-'}); flop_bound_speedup: standard FLOPs "
+                        "÷ fast FLOPs a step there (flop_formula); every shape's is under runs",
+        "mix": None if mix is None else (
+            {"error": mix["error"]} if "error" in mix else
+            {"speedup": mix["speedup"], "flop_bound_speedup": mix["flop_bound_speedup"],
+             "speedup_over_flop_bound": mix["speedup_over_flop_bound"],
+             "pairs": mix["lengths"], "padding": "standard: each pair's two rows padded to "
+                                                 "the longer (TRL's padding, batch 1)"}),
+        "equal_loss_passed": (all(r["equal_loss"]["passed"] for r in runs if "arms" in r)
+                              and any("arms" in r for r in runs)),
+        "ablation": {r["frames"]: {arm: ({"saving_turned_off": SAVING[arm], "error": e["error"]}
+                                         if "error" in e else
+                                         {"saving_turned_off": SAVING[arm],
+                                          "pairs_per_s": e["pairs_per_s"],
+                                          "fast_speedup_over_this": e.get(
+                                              "fast_speedup_over_this")})
+                                   for arm, e in r["arms"].items() if arm in SAVING}
+                     for r in runs if "arms" in r},
+        "config": {"shape": shape, "device": device, "dtype": str(dtype), "reps": reps,
+                   "beta": BETA, "sft_weight": ALPHA, "lr": LR,
+                   "optimizer": "torch.optim.AdamW on the LM and projector (tower frozen)",
+                   "threads": torch.get_num_threads(),
+                   "attention": {"fast": "tpo_prefix_shared (PreferenceModel, backend auto)",
+                                 "standard": "sdpa (tpo_prefix_shared outside a packed "
+                                             "forward calls transformers' sdpa unchanged)"}},
+        "flop_formula": FLOP_FORMULA,
+        "memory_method": ("CUDA: torch.cuda.max_memory_allocated above the step's start" if
+                          device == "cuda" else "CPU: peak RSS above the step's start, sampled "
+                          "every 5 ms, glibc mmap threshold fixed at 64 KiB, malloc_trim before"),
+        "load": {"before": load_before, "after": load_now()},
+        "wall_s": wall,
+        "complete": complete,
+        "runs": runs,
     }
 
 
@@ -667,6 +761,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs-per-step", type=int)
     ap.add_argument("--reps", type=int)
     ap.add_argument("--arms", nargs="+", choices=ARMS, help="default: all")
+    ap.add_argument("--mix", action="store_true",
+                    help="also run the realistic pair mix (MIXES: responses 20-500 tokens, a "
+                         "few video lengths) after the shapes")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run, result to a temp file")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
@@ -690,47 +787,23 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
     load_before = load_now()
     start = time.perf_counter()
-    runs = []
-    for frames in args.frames or shape["frames"]:
-        try:
-            runs.append(run_shape(shape, frames, device, dtype, reps, arms, rtol))
-        except torch.OutOfMemoryError as exc:
-            runs.append({"frames": frames, "error": f"out of memory: {exc}"[:300]})
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    wall = time.perf_counter() - start
-    ok = [r for r in runs if "arms" in r]
-    payload = {
-        "speedup": ok[0]["speedup"] if ok else None,
-        "speedup_note": "fast pairs/s ÷ standard pairs/s at the first shape (frames "
-                        f"{ok[0]['frames'] if ok else '-'}); every shape's is under runs",
-        "equal_loss_passed": all(r["equal_loss"]["passed"] for r in ok) if ok else False,
-        "ablation": {r["frames"]: {arm: ({"saving_turned_off": SAVING[arm], "error": e["error"]}
-                                         if "error" in e else
-                                         {"saving_turned_off": SAVING[arm],
-                                          "pairs_per_s": e["pairs_per_s"],
-                                          "fast_speedup_over_this": e.get(
-                                              "fast_speedup_over_this")})
-                                   for arm, e in r["arms"].items() if arm in SAVING}
-                     for r in ok},
-        "config": {"shape": shape, "device": device, "dtype": str(dtype), "reps": reps,
-                   "beta": BETA, "sft_weight": ALPHA, "lr": LR,
-                   "optimizer": "torch.optim.AdamW on the LM and projector (tower frozen)",
-                   "threads": torch.get_num_threads(),
-                   "attention": {"fast": "tpo_prefix_shared (PreferenceModel, backend auto)",
-                                 "standard": "sdpa (tpo_prefix_shared outside a packed "
-                                             "forward calls transformers' sdpa unchanged)"}},
-        "flop_formula": FLOP_FORMULA,
-        "memory_method": ("CUDA: torch.cuda.max_memory_allocated above the step's start" if
-                          device == "cuda" else "CPU: peak RSS above the step's start, sampled "
-                          "every 5 ms, glibc mmap threshold fixed at 64 KiB, malloc_trim before"),
-        "load": {"before": load_before, "after": load_now()},
-        "wall_s": wall,
-        "runs": runs,
-    }
     out = args.out or (tempfile.mkdtemp(prefix="tpo_bench_") + "/train_throughput.json"
                        if args.smoke else None)
-    path = write_result("train_throughput", payload, out)
+    plan = [(shape, frames) for frames in args.frames or shape["frames"]]
+    if args.mix:
+        plan.append((dict(shape, mix=MIXES[name]), None))
+    runs = []
+    for i, (run_shape_, frames) in enumerate(plan):
+        try:
+            runs.append(run_shape(run_shape_, frames, device, dtype, reps, arms, rtol))
+        except Exception as exc:  # e.g. out of memory building the shape: the others run
+            runs.append({"frames": frames or "mix", **failure(exc)})
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        payload = _payload(runs, shape, device, dtype, reps, load_before,
+                           time.perf_counter() - start, complete=i == len(plan) - 1)
+        path = write_result("train_throughput", payload, out)  # after every shape
+    wall = payload["wall_s"]
     for r in runs:
         if "error" in r:
             print(f"frames {r['frames']}: {r['error']}")
@@ -746,7 +819,8 @@ def main(argv=None) -> int:
                   f"  x{e.get('speedup_vs_standard', float('nan')):5.2f}  mfu {e['mfu']:.3f}"
                   + (f"  mem {mem / 2**20:8.1f} MiB" if mem is not None else "")
                   + f"  loss {e['loss_at_step_0']:.6f}")
-        print(f"  equal loss: {r['equal_loss']['passed']}  speedup {r['speedup']}")
+        print(f"  equal loss: {r['equal_loss']['passed']}  speedup {r['speedup']}  FLOP bound "
+              f"{r['flop_bound_speedup']:.3f}  measured/bound {r['speedup_over_flop_bound']}")
     print(f"wall {wall:.1f} s; written to {path}")
     return 0 if payload["equal_loss_passed"] else 1
 

@@ -34,6 +34,54 @@ def test_smoke_run_writes_every_arm_and_the_equal_loss_check(tmp_path):
     assert run["arms"]["fast"]["reference_pass_s_added"] == run["reference_pass_s"]["median"]
     assert run["arms"]["standard"]["reference_pass_s_added"] == 0
     assert result["load"]["before"]["loadavg_1m"] >= 0
+    # the FLOP bound beside the measured speed-up, from the benchmark's own formula
+    bench = tt.Bench(tt.SHAPES["smoke"], run["frames"], "cpu", torch.float32)
+    bound = (tt.flop_count(bench, "standard")["total"] / tt.flop_count(bench, "fast")["total"])
+    assert run["flop_bound_speedup"] == pytest.approx(bound) and bound > 1
+    assert result["flop_bound_speedup"] == run["flop_bound_speedup"]
+    assert run["speedup_over_flop_bound"] == pytest.approx(run["speedup"] / bound)
+    assert result["complete"] and result["mix"] is None
+
+
+def test_the_realistic_mix_and_the_json_after_every_shape(tmp_path, monkeypatch):
+    """--mix: pairs of different video and response lengths (chosen and rejected apart), both
+    ratios written; the JSON is on disk after the first shape already."""
+    out = tmp_path / "tt.json"
+    written = []
+    real = tt.write_result
+
+    def write(name, payload, path):
+        written.append(json.loads(json.dumps(payload, default=str)))
+        return real(name, payload, path)
+
+    monkeypatch.setattr(tt, "write_result", write)
+    assert tt.main(["--smoke", "--mix", "--arms", "standard", "fast", "--out", str(out)]) == 0
+    assert [w["complete"] for w in written] == [False, True]
+    assert [r["frames"] for r in written[0]["runs"]] == [2]
+    result = json.loads(out.read_text())
+    mix = result["runs"][-1]
+    assert mix["frames"] == "mix" and result["mix"]["speedup"] == mix["speedup"]
+    lengths = mix["lengths"]
+    assert lengths == result["mix"]["pairs"]
+    expected = tt.mix_lengths(tt.MIXES["smoke"])
+    assert [(x["frames"], x["chosen"], x["rejected"]) for x in lengths] == expected
+    assert len({x["frames"] for x in lengths}) > 1
+    assert any(x["chosen"] != x["rejected"] for x in lengths)
+    assert mix["flop_bound_speedup"] > 1 and mix["speedup_over_flop_bound"] > 0
+    assert mix["equal_loss"]["passed"]
+    lo, hi = tt.MIXES["cpu"]["response_tokens"]
+    assert (lo, hi) == (20, 500)
+
+
+def test_an_arm_that_raises_is_recorded_and_the_rest_measured(monkeypatch):
+    def broken(self):
+        raise TypeError("varlen_attn() got an unexpected keyword argument 'enable_gqa'")
+
+    monkeypatch.setattr(tt.Bench, "step_no_packing", broken)
+    run = tt.run_shape(tt.SHAPES["smoke"], 2, "cpu", torch.float32, reps=1,
+                       arms=("standard", "fast", "no_packing"))
+    assert run["arms"]["no_packing"]["error"].startswith("TypeError: varlen_attn()")
+    assert run["speedup"] > 0 and run["arms"]["fast"]["pairs_per_s"] > 0
 
 
 def test_equal_loss_check_fails_for_a_different_loss(monkeypatch):

@@ -220,9 +220,11 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows, group, size: int):
-        counts = [torch.zeros(1, dtype=torch.long) for _ in range(size)]
-        dist.all_gather(counts, torch.tensor([rows.shape[0]]), group=group)
-        counts = [int(c) for c in counts]
+        # every tensor of a collective on the rows' device: the group is NCCL on GPUs, and a
+        # tensor made without a device (on the host) fails there (gloo would accept it)
+        counts = [rows.new_zeros(1, dtype=torch.long) for _ in range(size)]
+        dist.all_gather(counts, torch.tensor([rows.shape[0]], device=rows.device), group=group)
+        counts = torch.cat(counts).tolist()  # one read back for the group's counts
         width = max(counts)
         padded = rows.new_zeros(width, *rows.shape[1:])
         padded[:rows.shape[0]] = rows
@@ -274,7 +276,8 @@ def gathered_attention(module, query, key, value, attention_mask, dropout=0.0, s
 
 # ---- the loss ------------------------------------------------------------------------------------
 class _GatherScored(torch.autograd.Function):
-    """[N_r] values of this rank's scored tokens -> the micro-batch's [N] on every rank."""
+    """[N_r] values of this rank's scored tokens -> the micro-batch's [N] on every rank (the
+    counts come from the host plan; every collective tensor is made on ``local``'s device)."""
 
     @staticmethod
     def forward(ctx, local, plan: ShardPlan, group):
@@ -302,5 +305,5 @@ def gather_scored(local: torch.Tensor, plan: ShardPlan, sp: SequenceParallel) ->
 
 
 __all__ = ["SequenceParallel", "ShardPlan", "ShardedAttention", "check_heads", "encode_split",
-           "gather_scored", "language_config", "gathered_attention", "init_sequence_parallel", "shard_features",
-           "shard_plan"]
+           "gather_scored", "language_config", "gathered_attention", "init_sequence_parallel",
+           "shard_features", "shard_plan"]

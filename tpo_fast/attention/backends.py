@@ -90,16 +90,45 @@ def _flash_varlen() -> FlashVarlen | None:
     return None
 
 
+@dataclass(frozen=True)
+class TorchVarlen:
+    """This PyTorch's ``varlen_attn`` with its causal argument bound; ``gqa``: whether it takes
+    ``enable_gqa``. The signatures, as published:
+      2.10  varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False,
+            return_aux=None, scale=None)
+      2.11  varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *,
+            return_aux=None, scale=None, window_size=(-1, -1))   (causal: window (-1, 0);
+            torch/nn/attention/varlen.py of the torch 2.11.0 wheel: no enable_gqa)
+      later window_size=(-1, -1), enable_gqa=False
+    Without ``enable_gqa`` the keys and values are expanded to the query heads first (correct
+    for any kernel; [Σk, Hq, D] instead of [Σk, Hkv, D] per layer)."""
+
+    fn: object
+    gqa: bool
+
+    def __call__(self, q, k, v, packed: PackedAttention, scale: float) -> torch.Tensor:
+        groups = q.shape[1] // k.shape[1]
+        extra = {}
+        if groups > 1 and self.gqa:
+            extra["enable_gqa"] = True
+        elif groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return self.fn(q, k, v, packed.cu_seqlens_q, packed.cu_seqlens_k, packed.max_seqlen_q,
+                       packed.max_seqlen_k, scale=scale, **extra)
+
+
 @functools.cache
-def _torch_varlen():
+def _torch_varlen() -> TorchVarlen | None:
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
     params = inspect.signature(varlen_attn).parameters
     if "window_size" in params:  # PyTorch >= 2.11: causal is the window (-1, 0)
-        return functools.partial(varlen_attn, window_size=(-1, 0))
-    return functools.partial(varlen_attn, is_causal=True)  # PyTorch 2.10
+        fn = functools.partial(varlen_attn, window_size=(-1, 0))
+    else:
+        fn = functools.partial(varlen_attn, is_causal=True)  # PyTorch 2.10
+    return TorchVarlen(fn, "enable_gqa" in params)
 
 
 def available_backends(device: torch.device | str) -> list[str]:
@@ -212,14 +241,16 @@ class PackedAttention:
                 pos_k[None, :] <= last_q[:, None])
         return self._cache["dense"]
 
-    def block_mask(self, device):
-        """FlexAttention BlockMask from the segment structure (no dense [T, Σk] mask)."""
-        if "block" not in self._cache:
+    def block_mask(self, device, lengths: tuple[int, int] | None = None):
+        """FlexAttention BlockMask from the segment structure (no dense [T, Σk] mask), for
+        inputs padded to ``lengths`` (query, key) when given."""
+        key = ("block", lengths)
+        if key not in self._cache:
             from tpo_fast.attention.block_mask import packed_block_mask
 
-            self._cache["block"] = packed_block_mask(self.host_cu_seqlens_q,
-                                                     self.host_cu_seqlens_k, device)
-        return self._cache["block"]
+            self._cache[key] = packed_block_mask(self.host_cu_seqlens_q, self.host_cu_seqlens_k,
+                                                 device, lengths=lengths)
+        return self._cache[key]
 
 
 def _sdpa(packed, q, k, v, scale, dropout):
@@ -254,8 +285,7 @@ def _flash_attn(packed, q, k, v, scale, dropout):
 def _torch_varlen_attn(packed, q, k, v, scale, dropout):
     if dropout:
         raise ValueError("the torch_varlen backend has no attention dropout")
-    return _torch_varlen()(q, k, v, packed.cu_seqlens_q, packed.cu_seqlens_k, packed.max_seqlen_q,
-                           packed.max_seqlen_k, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return _torch_varlen()(q, k, v, packed, scale)
 
 
 @functools.cache
@@ -265,14 +295,31 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=True)
 
 
+def flex_bucketed(flex, packed, q, k, v, scale):
+    """q [T, Hq, D], k/v [Σk, Hkv, D] -> [T, Hq, D] through ``flex`` (a compiled
+    ``flex_attention``), the inputs zero-padded to ``bucketed_length`` (T and Σk to whole tiles,
+    at least two) and the block mask built for the padded lengths (padding matches nothing), so
+    one compiled graph serves micro-batches of every length: a recompile per length would, past
+    Dynamo's recompile limit, fall back to eager flex with dense [T, Σk] scores."""
+    from tpo_fast.attention.block_mask import bucketed_length
+
+    T, K = q.shape[0], k.shape[0]
+    Tp, Kp = bucketed_length(T), bucketed_length(K)
+
+    def heads_first(x, n):  # [L, H, D] -> [1, H, n, D], zero rows past L
+        x = x.transpose(0, 1)[None]
+        return F.pad(x, (0, 0, 0, n - x.shape[2])) if n > x.shape[2] else x
+
+    out = flex(heads_first(q, Tp), heads_first(k, Kp), heads_first(v, Kp),
+               block_mask=packed.block_mask(q.device, (Tp, Kp)), scale=scale,
+               enable_gqa=q.shape[1] != k.shape[1])
+    return out[0, :, :T].transpose(0, 1)
+
+
 def _flex(packed, q, k, v, scale, dropout):
     if dropout:
         raise ValueError("the flex backend has no attention dropout")
-    out = _compiled_flex()(
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-        block_mask=packed.block_mask(q.device), scale=scale, enable_gqa=q.shape[1] != k.shape[1],
-    )
-    return out[0].transpose(0, 1)
+    return flex_bucketed(_compiled_flex(), packed, q, k, v, scale)
 
 
 _IMPLS = {"sdpa": _sdpa, "flash_attn": _flash_attn, "torch_varlen": _torch_varlen_attn,

@@ -30,14 +30,24 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def tile_classes(cu_q: Sequence[int], cu_k: Sequence[int], block: int = BLOCK_SIZE
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(partial, full): bool [ceil(T/block), ceil(Σk/block)] tile classes of the packed mask."""
+def bucketed_length(n: int, block: int = BLOCK_SIZE) -> int:
+    """``n`` rounded up to whole tiles, at least two. FlexAttention is compiled with dynamic
+    shapes; lengths that are whole tiles, and tile counts that are never 1 (Dynamo specialises
+    a size of 1), keep one compiled graph for micro-batches of any length
+    (tests/test_attention_compile.py counts the compiles)."""
+    return max(2, _ceil_div(n, block)) * block
+
+
+def tile_classes(cu_q: Sequence[int], cu_k: Sequence[int], block: int = BLOCK_SIZE,
+                 lengths: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(partial, full): bool [ceil(T/block), ceil(Σk/block)] tile classes of the packed mask
+    (or of ``lengths`` (T', Σk') >= (T, Σk): padding tiles are empty)."""
     cu_q, cu_k = np.asarray(cu_q, np.int64), np.asarray(cu_k, np.int64)
     if cu_q.shape != cu_k.shape or cu_q.ndim != 1 or cu_q.size < 1:
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must be 1-D of the same length, got "
                          f"{cu_q.shape} and {cu_k.shape}")
-    n_qb, n_kb = _ceil_div(int(cu_q[-1]), block), _ceil_div(int(cu_k[-1]), block)
+    T, K = lengths or (int(cu_q[-1]), int(cu_k[-1]))
+    n_qb, n_kb = _ceil_div(T, block), _ceil_div(K, block)
     some = np.zeros((n_qb, n_kb), dtype=bool)
     full = np.zeros((n_qb, n_kb), dtype=bool)
     for q0, q1, k0, k1 in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), cu_k[:-1].tolist(),
@@ -64,16 +74,19 @@ def _ordered(classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return count, order
 
 
-def token_arrays(cu_q: Sequence[int], cu_k: Sequence[int], block: int = BLOCK_SIZE):
+def token_arrays(cu_q: Sequence[int], cu_k: Sequence[int], block: int = BLOCK_SIZE,
+                 lengths: tuple[int, int] | None = None):
     """Per-token arrays the mask function reads, padded to whole tiles (padding never matches):
-    (seg_q, last_q) int32 [tiles_q·block] and (seg_k, pos_k) int32 [tiles_k·block]."""
+    (seg_q, last_q) int32 [tiles_q·block] and (seg_k, pos_k) int32 [tiles_k·block] (tiles of
+    ``lengths`` when given)."""
     cu_q, cu_k = np.asarray(cu_q, np.int64), np.asarray(cu_k, np.int64)
     q_len, k_len = np.diff(cu_q), np.diff(cu_k)
     T, K = int(cu_q[-1]), int(cu_k[-1])
+    Tp, Kp = lengths or (T, K)
     seg = np.arange(len(q_len))
-    seg_q = np.full(_ceil_div(T, block) * block, -1, np.int32)
+    seg_q = np.full(_ceil_div(Tp, block) * block, -1, np.int32)
     last_q = np.full_like(seg_q, -1)
-    seg_k = np.full(_ceil_div(K, block) * block, -2, np.int32)
+    seg_k = np.full(_ceil_div(Kp, block) * block, -2, np.int32)
     pos_k = np.zeros_like(seg_k)
     sq, sk = np.repeat(seg, q_len), np.repeat(seg, k_len)
     seg_q[:T], seg_k[:K] = sq, sk
@@ -83,14 +96,19 @@ def token_arrays(cu_q: Sequence[int], cu_k: Sequence[int], block: int = BLOCK_SI
 
 
 def packed_block_mask(cu_q: Sequence[int], cu_k: Sequence[int], device, *,
-                      block: int = BLOCK_SIZE):
+                      block: int = BLOCK_SIZE, lengths: tuple[int, int] | None = None):
     """FlexAttention ``BlockMask`` of the packed mask (see the module docstring), on ``device``.
 
-    ``cu_q``/``cu_k``: the host cumulative segment lengths (Python ints). Host arrays go to
-    the device with non-blocking copies, so building it reads nothing back from the device."""
+    ``cu_q``/``cu_k``: the host cumulative segment lengths (Python ints). ``lengths``: the
+    (query, key) lengths the mask is for when the inputs are padded past (T, Σk) (e.g. to
+    ``bucketed_length``); padding rows and columns match nothing. Host arrays go to the device
+    with non-blocking copies, so building it reads nothing back from the device."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    partial, full = tile_classes(cu_q, cu_k, block)
+    if lengths is not None and (lengths[0] < cu_q[-1] or lengths[1] < cu_k[-1]):
+        raise ValueError(f"lengths {lengths} are shorter than the packed mask's "
+                         f"({cu_q[-1]}, {cu_k[-1]})")
+    partial, full = tile_classes(cu_q, cu_k, block, lengths)
     dev = torch.device(device)
 
     def put(x: np.ndarray) -> torch.Tensor:
@@ -99,7 +117,7 @@ def packed_block_mask(cu_q: Sequence[int], cu_k: Sequence[int], device, *,
             t = t.pin_memory()
         return t.to(dev, non_blocking=True)
 
-    seg_q, last_q, seg_k, pos_k = (put(x) for x in token_arrays(cu_q, cu_k, block))
+    seg_q, last_q, seg_k, pos_k = (put(x) for x in token_arrays(cu_q, cu_k, block, lengths))
 
     def packed_mask(b, h, q_idx, kv_idx):
         return (seg_q[q_idx] == seg_k[kv_idx]) & (pos_k[kv_idx] <= last_q[q_idx])
@@ -112,7 +130,7 @@ def packed_block_mask(cu_q: Sequence[int], cu_k: Sequence[int], device, *,
         num, idx = _ordered(classes)
         arrays[f"{name}_num_blocks"] = put(num)[None, None]
         arrays[f"{name}_indices"] = put(idx)[None, None]
-    seq_lengths = (int(cu_q[-1]), int(cu_k[-1]))
+    seq_lengths = tuple(int(x) for x in lengths) if lengths else (int(cu_q[-1]), int(cu_k[-1]))
     try:
         return BlockMask(seq_lengths=seq_lengths, **arrays, BLOCK_SIZE=(block, block),
                          mask_mod=packed_mask)
