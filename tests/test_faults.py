@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_real_paths import _free_port
 from test_resume_world_size import _rank_pid
+
 from tpo_fast.cli import main
 from tpo_fast.config import load_config
 from tpo_fast.curate.store import iter_records
@@ -129,7 +129,8 @@ def test_curation_on_two_processes_resumes_after_rank_1_is_killed(tmp_path):
     def torchrun(out: Path, nproc: int) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-             f"--master_port={_free_port()}", "-m", "tpo_fast.curate.cli", *args, f"run.output_dir={out}"],
+             f"--master_port={_free_port()}", "-m", "tpo_fast.curate.cli", *args,
+             f"run.output_dir={out}"],
             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     killed = tmp_path / "killed"

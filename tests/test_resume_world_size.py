@@ -17,7 +17,6 @@ The ZeRO-3 runs load the tiny LLaVA-OneVision from a folder, as test_real_paths.
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_real_paths import QUIET, TINY, _env, _free_port, tpo_fast
+
 from tpo_fast.config import load_config
 from tpo_fast.data.synthetic import make_pairs
 from tpo_fast.models.tiny_folders import save_tiny_model
@@ -252,4 +251,3 @@ def test_a_zero_stage_change_on_another_shape_is_refused(tmp_path):
     bf16 = load_config(TINY, ["deepspeed.zero_stage=0", "model.dtype=bfloat16"])
     with pytest.raises(ConfigError, match="resume on the same cluster shape"):
         _check_reshape(bf16, {"world_size": 2, "zero_stage": 0}, tmp_path)
-    shutil.rmtree(tmp_path, ignore_errors=True)

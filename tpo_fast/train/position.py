@@ -10,9 +10,10 @@ stored step: exactly the batches an uninterrupted run would have seen.
 Resumed on another shape (DP size, or DP × SP; or other planning settings: token budget, global
 batch, seed), the plan of the old shape is rebuilt from the settings stored in the checkpoint,
 the pairs of its steps already done are added to ``excluded``, and the rest of the epoch is
-planned anew for the new shape. So within the epoch every pair is trained exactly once; the steps after the
-change hold the pairs the new shape's plan groups together (their losses are those of a run on
-the new shape from that state, not the old run's). Later epochs are the new shape's plans.
+planned anew for the new shape. So within the epoch every pair is trained exactly once; the
+steps after the change hold the pairs the new shape's plan groups together (their losses are
+those of a run on the new shape from that state, not the old run's). Later epochs are the new
+shape's plans.
 """
 
 from __future__ import annotations
