@@ -157,7 +157,8 @@ def test_a_stopped_peer_ends_the_job_after_the_collective_timeout(setup, tmp_pat
 def test_two_processes_resume_on_one_and_equal_the_uninterrupted_run(setup, uninterrupted,
                                                                       tmp_path):
     """2 → 1 under ZeRO-3 (the size mismatch in load_module_state_dict before): the universal
-    checkpoint is made beside the 2-process one, and steps 2-4 equal the 2-process run's."""
+    checkpoint is made beside the 2-process one, and steps 2-4 equal the 2-process run's; then
+    1 → DP 1 x SP 2, and steps 3-4 equal it too."""
     step1 = uninterrupted / "checkpoints" / "step-000001"
     out = tmp_path / "one"
     proc = tpo_fast(args(setup, out, *WHOLE, f"run.resume={step1}"), nproc=1)
@@ -168,6 +169,13 @@ def test_two_processes_resume_on_one_and_equal_the_uninterrupted_run(setup, unin
     assert_equal_steps(resumed, straight[1:])
     assert straight[-1]["loss"] < straight[0]["loss"]
     assert json.loads((out / "summary.json").read_text())["world_size"] == 1
+
+    # ... and the 1-process checkpoint of step 2 on 2 processes as one SP group (DP 1 x SP 2)
+    sp = tmp_path / "sp2"
+    step2 = out / "checkpoints" / "step-000002"
+    tpo_fast(args(setup, sp, *WHOLE, f"run.resume={step2}", "deepspeed.sequence_parallel_size=2"),
+             nproc=2)
+    assert_equal_steps(read_metrics(sp / "metrics.jsonl"), straight[2:])
 
 
 @pytest.mark.multiprocess_cpu

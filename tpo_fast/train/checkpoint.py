@@ -131,7 +131,7 @@ def needs_universal(path: Path) -> bool:
     return any(Path(path, "ds").glob("*optim_states.pt"))
 
 
-def ensure_universal(path: Path, rank: int) -> str:
+def ensure_universal(path: Path, rank: int, device=None) -> str:
     """Collective: convert ``path/ds`` to ``path/universal`` once (rank 0; a partial conversion
     is never used); returns the tag to load."""
     path = Path(path)
@@ -163,7 +163,7 @@ def ensure_universal(path: Path, rank: int) -> str:
         except Exception as exc:  # reported on every rank below
             shutil.rmtree(tmp, ignore_errors=True)
             error = f"{type(exc).__name__}: {exc}\n{log.getvalue()[-2000:]}"
-    failed = torch.tensor([0.0 if error is None else 1.0])
+    failed = torch.tensor([0.0 if error is None else 1.0], device=device)  # (NCCL: on GPU)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(failed)
     if failed.item():

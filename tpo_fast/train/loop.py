@@ -201,7 +201,7 @@ class Trainer:
             return 0, 0, 0, False
         tag = self.parts.resume_tag
         if tag == "universal":
-            tag = ckpt.ensure_universal(path, self.rank)
+            tag = ckpt.ensure_universal(path, self.rank, self.device)
         ckpt.load_checkpoint(self.engine, path, self.rank, tag=tag)
         if self.rank == 0:
             state = ckpt.read_trainer_state(path)
