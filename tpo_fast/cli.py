@@ -83,7 +83,7 @@ def cmd_ref_logps(args: argparse.Namespace) -> int:
     """Store the reference model's log-probs with the pairs (one no-grad packed pass)."""
     from tpo_fast.train.ref_logps import compute_ref_logps
 
-    compute_ref_logps(_config(args), out=args.out, device=args.device)
+    compute_ref_logps(_config(args), out=args.out, device=args.device, in_place=args.in_place)
     return 0
 
 
@@ -177,7 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
     ref = sub.add_parser("ref-logps", help=cmd_ref_logps.__doc__)
     _add_config_args(ref)
-    ref.add_argument("--out", help="write here instead of rewriting data.train")
+    ref.add_argument("--out", help="write the scored pairs here (default: "
+                     "<data.train stem>.ref_logps.jsonl beside it; the input is not changed)")
+    ref.add_argument("--in-place", action="store_true",
+                     help="rewrite the data.train .jsonl itself (atomically; lines that cannot "
+                          "be scored are kept as they were)")
     ref.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     ref.set_defaults(func=cmd_ref_logps)
     curate = sub.add_parser("curate", add_help=False,

@@ -125,6 +125,9 @@ class DeepSpeedConfig:
     # ALST's TiledMLP: the language model's MLPs run over token tiles (activation memory of a
     # tile instead of the shard); 0: off, N: tiles per MLP call
     tiled_mlp: int = 0
+    # how long a collective waits for a peer before the job fails (a dead or stuck rank ends
+    # the job instead of hanging it); torch's own default is 30 (gloo) / 10 (NCCL)
+    timeout_minutes: float = 30.0
 
 
 @dataclass
@@ -195,6 +198,7 @@ class TrainConfig:
              "deepspeed.sequence_parallel_size > 1 needs run.path=fast (the slow path runs "
              "unpacked rows on one rank)"),
             (self.deepspeed.tiled_mlp >= 0, "deepspeed.tiled_mlp must be >= 0 (0: off)"),
+            (self.deepspeed.timeout_minutes > 0, "deepspeed.timeout_minutes must be > 0"),
             (self.run.save_every >= 0, "run.save_every must be >= 0"),
             (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
         ]

@@ -14,8 +14,10 @@ import torch
 import torch.distributed as dist
 
 from tpo_fast.config import TrainConfig, save_config
-from tpo_fast.packing import plan_bins
-from tpo_fast.train.schedule import lr_lambda, optimizer_steps
+from tpo_fast.train import checkpoint as ckpt
+from tpo_fast.train.position import DataPosition, PlanKey, PositionError, carry, plan_for
+from tpo_fast.train.position import total_steps as plan_total_steps
+from tpo_fast.train.schedule import lr_lambda
 
 
 @dataclass
@@ -35,8 +37,13 @@ class TrainingParts:
     skipped: list
     reference: str  # precomputed | model | none
     lengths: tuple
-    first_plan: object
+    first_plan: object  # the plan of the epoch the run starts (or resumes) in
     total_steps: int
+    plan_key: object  # position.PlanKey of this run
+    position: object  # position.DataPosition to start from
+    resume_from: Path | None  # the checkpoint to load (None: a fresh start)
+    resume_tag: str  # its DeepSpeed folder: "ds", or "universal" on another cluster shape
+    replanned: bool  # the data order was re-planned (now, or at an earlier resume)
     engine: object
     scheduler: object
     dp_world: int  # data-parallel replicas: world / deepspeed.sequence_parallel_size
@@ -52,13 +59,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def plan_epoch(cfg: TrainConfig, lengths, dp_world: int, epoch: int):
-    """The epoch's packing plan over ``dp_world`` data-parallel replicas; a sequence-parallel
-    group's micro-batch holds ``data.token_budget`` tokens per rank of the group."""
-    p, c, r = lengths
-    budget = cfg.data.token_budget * cfg.deepspeed.sequence_parallel_size
-    return plan_bins(p, c, r, budget, dp_world, cfg.run.seed, epoch=epoch,
-                     drop_overlong=cfg.data.drop_overlong)
+def plan_epoch(cfg: TrainConfig, lengths, dp_world: int, epoch: int, excluded=()):
+    """The epoch's packing plan over ``dp_world`` data-parallel replicas (without the
+    ``excluded`` pairs); a sequence-parallel group's micro-batch holds ``data.token_budget``
+    tokens per rank of the group."""
+    from tpo_fast.train.position import PlanKey, plan_for
+
+    return plan_for(PlanKey.of(cfg, dp_world), lengths, epoch, excluded)
 
 
 def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
@@ -68,7 +75,7 @@ def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
     from tpo_fast.train.reference import reference_kind
     from tpo_fast.train.setup import deepspeed_config, init_distributed, load_tokenizer_and_model
 
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(cfg.deepspeed.timeout_minutes)
     sp_size = cfg.deepspeed.sequence_parallel_size
     if world % sp_size:
         from tpo_fast.config import ConfigError
@@ -85,7 +92,18 @@ def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
     if cfg.data.synthetic and not Path(cfg.data.train).exists():
         _write_synthetic_pairs(cfg, rank)
     records, skipped = read_pairs_config(cfg.data)
+    resume_from = ckpt.find_resume(cfg.run.resume, out)
+    state = ckpt.read_trainer_state(resume_from) if resume_from else None
+    reshaped = state is not None and (state["world_size"], state.get(
+        "sequence_parallel_size", 1)) != (world, sp_size)
+    resume_tag = "ds"
+    if reshaped:
+        _check_reshape(cfg, state, resume_from)
+        if ckpt.needs_universal(resume_from):
+            resume_tag = "universal"
     ds_config = deepspeed_config(cfg, world, accumulation=1)
+    if resume_tag == "universal":
+        ds_config["checkpoint"] = {"load_universal": True}
     tokenizer, model, keep_alive = load_tokenizer_and_model(cfg, ds_config, role="policy")
     hf_model = model.get_base_model() if hasattr(model, "get_base_model") else model
     policy = PreferenceModel(hf_model, attention_backend=cfg.model.attention_backend,
@@ -95,11 +113,25 @@ def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
     dataset = TPODataset(records, policy, tokenizer, cfg.data)
     reference = reference_kind(cfg, dataset.has_ref_logps)
     lengths = dataset.lengths()
-    first_plan = plan_epoch(cfg, lengths, dp_world, 0)
-    per_epoch = len(optimizer_steps(first_plan, lengths[1], cfg.optim.global_batch_size))
-    total_steps = per_epoch * cfg.optim.epochs
-    if cfg.optim.max_steps > 0:
-        total_steps = min(total_steps, cfg.optim.max_steps)
+    key = PlanKey.of(cfg, dp_world)
+    position, replanned = DataPosition(), False
+    if state is not None:
+        try:
+            position, replanned = carry(key, lengths, state, resume_from)
+        except PositionError as exc:
+            from tpo_fast.config import ConfigError
+
+            raise ConfigError(str(exc)) from None
+    first_plan = plan_for(key, lengths, position.epoch, position.excluded)
+    if state is not None and not replanned and state.get("replanned") and \
+            state.get("planned_for") == [cfg.optim.epochs, cfg.optim.max_steps]:
+        total_steps = state["total_steps"]  # the schedule the re-planned run has been using
+    elif replanned:
+        total_steps = plan_total_steps(cfg, key, lengths, position, first_plan)
+    else:  # as from the start: (steps of epoch 0) x epochs
+        total_steps = plan_total_steps(cfg, key, lengths, DataPosition(),
+                                       plan_for(key, lengths, 0))
+    replanned = replanned or bool(state and state.get("replanned"))
 
     lora_reference = model if reference == "model" and cfg.model.lora.r > 0 else None
     separate = reference == "model" and lora_reference is None
@@ -116,8 +148,28 @@ def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
                          out=out, tokenizer=tokenizer, model=model, policy=policy,
                          dataset=dataset, skipped=skipped + dataset.skipped, reference=reference,
                          lengths=lengths, first_plan=first_plan, total_steps=total_steps,
+                         plan_key=key, position=position, resume_from=resume_from,
+                         resume_tag=resume_tag, replanned=replanned,
                          engine=engine, scheduler=scheduler, ref_scorer=ref_scorer,
                          keep_alive=keep, dp_world=dp_world, dp_rank=dp_rank, sp=sp)
+
+
+def _check_reshape(cfg: TrainConfig, state: dict, path: Path) -> None:
+    """What a checkpoint resumed on another cluster shape cannot carry: refused with what to
+    do instead."""
+    from tpo_fast.config import ConfigError
+
+    then = f"{state['world_size']} ranks, SP {state.get('sequence_parallel_size', 1)}"
+    stage = state.get("zero_stage")
+    if stage is not None and stage != cfg.deepspeed.zero_stage:
+        raise ConfigError(f"{path} was written with deepspeed.zero_stage={stage} ({then}); "
+                          f"resume with deepspeed.zero_stage={stage}")
+    if cfg.deepspeed.zero_stage == 0 and cfg.model.dtype != "float32":
+        raise ConfigError(f"{path} ({then}, ZeRO-0, {cfg.model.dtype}): DeepSpeed keeps a "
+                          "16-bit run's optimizer state per rank in a layout only the same "
+                          "number of ranks can load and that it cannot convert without ZeRO: "
+                          "resume on the same cluster shape, or train with "
+                          "deepspeed.zero_stage>=1 to be able to change it")
 
 
 def _sequence_parallel(cfg: TrainConfig, policy):

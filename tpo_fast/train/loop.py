@@ -4,7 +4,9 @@ One optimizer step accumulates a run of packing-plan steps (one packed micro-bat
 each); every micro-batch's loss is normalised by the whole step's pair and chosen-token counts
 (schedule.py), and the trainer owns accumulation (DeepSpeed's unmanaged mode), so steps may hold
 different numbers of micro-batches. The plan is a pure function of (lengths, seed, epoch), so
-resuming at (epoch, optimizer step in epoch) replays exactly the same batches.
+resuming at (epoch, optimizer step in epoch) replays exactly the same batches. Resumed on
+another cluster shape, the rest of the epoch is re-planned for it (position.py) and the engine
+state comes from DeepSpeed's universal checkpoint (checkpoint.py).
 
 No host syncs for bookkeeping inside a micro-step: the step's statistics and each micro-batch's
 finiteness stay on the device and are reduced over ranks once per optimizer step, before the
@@ -26,9 +28,10 @@ import torch.distributed as dist
 
 from tpo_fast.config import TrainConfig, save_config
 from tpo_fast.train import checkpoint as ckpt
-from tpo_fast.train.build import build_training, plan_epoch
-from tpo_fast.train.metrics import MetricsLog, plot_metrics
-from tpo_fast.train.schedule import optimizer_steps
+from tpo_fast.train.build import build_training
+from tpo_fast.train.metrics import MetricsLog, StepLog, plot_metrics
+from tpo_fast.train.position import DataPosition, epoch_steps, pairs_of_steps, plan_for, \
+    state_fields
 
 
 class TrainingError(RuntimeError):
@@ -131,6 +134,15 @@ def _any_rank(flag: bool, device) -> bool:
     return bool(t.item())
 
 
+def _collective_failure(exc: BaseException) -> bool:
+    """A collective that failed because a peer died or stopped answering (gloo / NCCL)."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("gloo", "Gloo", "NCCL", "Connection closed by peer",
+                                   "Connection reset by peer", "Timed out waiting"))
+
+
 class Trainer:
     """Everything one run holds (built by ``build_training``); ``run()`` trains (or resumes)
     and returns the summary."""
@@ -147,6 +159,8 @@ class Trainer:
             parts.reference
         self.lengths, self.first_plan, self.total_steps = parts.lengths, parts.first_plan, \
             parts.total_steps
+        self.key = parts.plan_key
+        self.excluded = parts.position.excluded  # of the current epoch's plan
         self.engine, self.scheduler, self.ref_scorer = parts.engine, parts.scheduler, \
             parts.ref_scorer
         # an SP group (consecutive ranks) runs one micro-batch: data is split over dp_world
@@ -157,48 +171,51 @@ class Trainer:
         self.backward_scale = backward_scale(cfg, self.world)
 
     def _plan(self, epoch: int):
-        return plan_epoch(self.cfg, self.lengths, self.dp_world, epoch)
+        return plan_for(self.key, self.lengths, epoch)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _state(self, step: int, epoch: int, index: int) -> dict:
-        return {"step": step, "epoch": epoch, "index_in_epoch": index,
+        position = DataPosition(step=step, epoch=epoch, index=index, excluded=self.excluded)
+        return {**state_fields(self.key, position, self.lengths),
                 "total_steps": self.total_steps, "world_size": self.world,
                 "sequence_parallel_size": self.cfg.deepspeed.sequence_parallel_size,
+                "zero_stage": self.cfg.deepspeed.zero_stage,
+                "replanned": self.parts.replanned,
+                "planned_for": [self.cfg.optim.epochs, self.cfg.optim.max_steps],
                 "command": self.command}
 
     def save(self, step: int, epoch: int, index: int) -> Path:
-        return ckpt.save_checkpoint(self.engine, self.out, step, self._state(step, epoch, index),
-                                    lambda p: save_config(self.cfg, p, self.command),
-                                    self.cfg.run.keep_checkpoints, self.rank)
+        try:
+            return ckpt.save_checkpoint(self.engine, self.out, step,
+                                        self._state(step, epoch, index),
+                                        lambda p: save_config(self.cfg, p, self.command),
+                                        self.cfg.run.keep_checkpoints, self.rank)
+        except ckpt.CheckpointWriteError as exc:
+            raise TrainingError(str(exc)) from exc
 
     def _resume(self) -> tuple[int, int, int, bool]:
-        """(step, epoch, optimizer step within the epoch, resumed?)."""
-        resume = self.cfg.run.resume
-        if resume == "never":
+        """(step, epoch, optimizer step within the epoch's plan, resumed?); the engine state
+        is loaded (from the universal format on another cluster shape)."""
+        path, position = self.parts.resume_from, self.parts.position
+        if path is None:
             return 0, 0, 0, False
-        if resume == "auto":
-            found = ckpt.list_checkpoints(self.out)
-            if not found:
-                return 0, 0, 0, False
-            path = found[-1]
-        else:
-            path = Path(resume)
-            if not (path / "trainer_state.json").is_file():
-                raise TrainingError(f"run.resume={path} is not a checkpoint folder (no "
-                                    "trainer_state.json)")
-        state = ckpt.load_checkpoint(self.engine, path, self.rank)
-        if state["world_size"] != self.world:
-            raise TrainingError(f"{path} was written by {state['world_size']} ranks; this run "
-                                f"has {self.world} (the data order depends on it)")
-        sp = self.cfg.deepspeed.sequence_parallel_size
-        if state.get("sequence_parallel_size", 1) != sp:
-            raise TrainingError(f"{path} was written with deepspeed.sequence_parallel_size="
-                                f"{state.get('sequence_parallel_size', 1)}; this run has {sp} "
-                                "(the data order depends on it)")
+        tag = self.parts.resume_tag
+        if tag == "universal":
+            tag = ckpt.ensure_universal(path, self.rank, self.device)
+        ckpt.load_checkpoint(self.engine, path, self.rank, tag=tag)
         if self.rank == 0:
-            print(f"tpo-fast train: resumed from {path} at step {state['step']}",
+            state = ckpt.read_trainer_state(path)
+            note = ""
+            if (state["world_size"], state.get("sequence_parallel_size", 1)) != (
+                    self.world, self.cfg.deepspeed.sequence_parallel_size):
+                note = (f" (written by {state['world_size']} ranks, SP "
+                        f"{state.get('sequence_parallel_size', 1)}; now {self.world}, SP "
+                        f"{self.cfg.deepspeed.sequence_parallel_size}: engine state from "
+                        f"{path / tag}, epoch {position.epoch} re-planned from here, "
+                        f"{len(position.excluded)} pair(s) of it already trained)")
+            print(f"tpo-fast train: resumed from {path} at step {position.step}{note}",
                   file=sys.stderr)
-        return state["step"], state["epoch"], state["index_in_epoch"], True
+        return position.step, position.epoch, position.index, True
 
     # ---- the loop ------------------------------------------------------------------------------
     def _micro_step(self, batch, opt_step, stats: _StepStats) -> torch.Tensor:
@@ -259,6 +276,8 @@ class Trainer:
         step, epoch, index, resumed = self._resume()
         log = MetricsLog(self.out, enabled=rank == 0, tensorboard=cfg.run.tensorboard,
                          resume_step=step)
+        order = StepLog(self.out / "data_order.jsonl", enabled=rank == 0, resume_step=step)
+        start_epoch = epoch
         bar = None
         if rank == 0 and cfg.run.progress:
             from tqdm.auto import tqdm
@@ -272,8 +291,8 @@ class Trainer:
         start = time.perf_counter()
         try:
             while step < self.total_steps and epoch < cfg.optim.epochs:
-                plan = self.first_plan if epoch == 0 else self._plan(epoch)
-                steps = optimizer_steps(plan, self.lengths[1], cfg.optim.global_batch_size)
+                plan = self.first_plan if epoch == start_epoch else self._plan(epoch)
+                steps = epoch_steps(self.key, plan, self.lengths)
                 todo = steps[index:self.total_steps - step + index]
                 bins = [s * self.dp_world + self.dp_rank for o in todo for s in o.plan_steps]
                 prefetch = _Prefetcher(self.dataset, plan, bins)
@@ -284,6 +303,8 @@ class Trainer:
                         step, index = step + 1, index + 1
                         if step % cfg.run.log_every == 0 or step == self.total_steps:
                             log.log(step, values)
+                        order.log(step, {"epoch": epoch, "pairs": sorted(
+                            int(i) for i in pairs_of_steps(plan, [opt_step]))})
                         if bar is not None:
                             bar.update(1)
                             bar.set_postfix(loss=f"{values['loss']:.4f}",
@@ -297,10 +318,19 @@ class Trainer:
                 finally:
                     prefetch.close()
                 if index >= len(steps):
-                    epoch, index = epoch + 1, 0
+                    epoch, index, self.excluded = epoch + 1, 0, ()
             if last_saved != step:
                 self.save(step, epoch, index)
             final = self.export()
+        except RuntimeError as exc:
+            if isinstance(exc, TrainingError) or not _collective_failure(exc):
+                raise
+            raise TrainingError(
+                f"rank {rank}: a collective failed at optimizer step {step + 1} ({exc}); a peer "
+                "process died, or did not answer within deepspeed.timeout_minutes="
+                f"{cfg.deepspeed.timeout_minutes} (the launcher's log names the rank that "
+                "exited). Run the same command again to resume from the last checkpoint"
+            ) from exc
         finally:
             if bar is not None:
                 bar.close()

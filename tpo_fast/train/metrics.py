@@ -8,6 +8,30 @@ from pathlib import Path
 PLOTTED = ("loss", "reward_accuracy", "reward_margin")
 
 
+def _truncate(path: Path, resume_step: int) -> None:
+    """Drop the lines of steps past the checkpoint a run resumes from."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= resume_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+class StepLog:
+    """Rank 0 appends one JSON line per optimizer step (``{"step": N, ...}``) to ``path``; a
+    resumed run continues it. ``data_order.jsonl``: the pairs (dataset indices: the valid pairs
+    of data.train in file order) each step trained."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int = 0):
+        self.path, self.enabled = Path(path), enabled
+        if enabled:
+            _truncate(self.path, resume_step)
+
+    def log(self, step: int, values: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": step, **values}) + "\n")
+
+
 class MetricsLog:
     """Rank 0 writes ``metrics.jsonl`` (appending, so a resumed run continues it) and, when
     enabled, TensorBoard events under ``tensorboard/``."""
@@ -18,10 +42,7 @@ class MetricsLog:
         self.writer = None
         if not enabled:
             return
-        if self.path.exists():  # drop lines past the checkpoint we resume from
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        _truncate(self.path, resume_step)  # drop lines past the checkpoint we resume from
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

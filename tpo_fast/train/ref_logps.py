@@ -1,9 +1,12 @@
 """``tpo-fast ref-logps``: the reference model's summed log-probs of every pair, stored with the
 pairs, so ``train`` needs no live reference model (one no-grad pass over the packed path).
 
-The pairs file is rewritten atomically (temporary file + rename) with ``ref_logps: [chosen,
-rejected]`` added to each pair; every other field is kept. A LLaVA-NeXT ``.json`` list is
-written as JSONL next to it (``<name>.jsonl``) unless an output path is given.
+The user's pairs file is never changed unless asked: the scored pairs go to a new JSONL file
+beside it (``<stem>.ref_logps.jsonl``, or ``--out``), written atomically (temporary file +
+rename), each pair with ``ref_logps: [chosen, rejected]`` added and every other field kept.
+``in_place=True`` (``--in-place``) rewrites a ``.jsonl`` pairs file itself, still atomically, and
+keeps every line it could not score (invalid JSON, a missing video, ...) exactly as it was, at
+its place; in a new file such lines are left out (they stay in the untouched input) and counted.
 """
 
 from __future__ import annotations
@@ -16,13 +19,25 @@ import torch
 from tpo_fast.config import TrainConfig
 
 
-def output_path(pairs: Path, out: str | None) -> Path:
-    if out:
-        return Path(out)
-    return pairs if pairs.suffix == ".jsonl" else pairs.with_suffix(".jsonl")
+def output_path(pairs: Path, out: str | None, in_place: bool = False) -> Path:
+    """Where the scored pairs go: ``out``, the input itself (``in_place``, JSONL only), or
+    ``<stem>.ref_logps.jsonl`` beside the input."""
+    pairs = Path(pairs)
+    if in_place:
+        if out:
+            raise ValueError("ref-logps: --out and --in-place exclude each other")
+        if pairs.suffix != ".jsonl":
+            raise ValueError(f"ref-logps --in-place rewrites a .jsonl pairs file; {pairs} is a "
+                             "JSON list: write a new file (the default) or --out FILE")
+        return pairs
+    target = Path(out) if out else pairs.with_name(pairs.stem + ".ref_logps.jsonl")
+    if target.resolve() == pairs.resolve():
+        raise ValueError(f"ref-logps: the output {target} is the input file; pass --in-place to "
+                         "rewrite it (lines that cannot be scored are kept as they were)")
+    return target
 
 
-def _process_group() -> tuple[int, int, torch.device | None]:
+def _process_group(timeout_minutes: float) -> tuple[int, int, torch.device | None]:
     """(rank, world, device): under a launcher (torchrun / deepspeed) join its group and use
     this rank's GPU; a plain run is one process and needs no group."""
     import os
@@ -31,13 +46,14 @@ def _process_group() -> tuple[int, int, torch.device | None]:
         return 0, 1, None
     from tpo_fast.train.setup import init_distributed
 
-    return init_distributed()
+    return init_distributed(timeout_minutes)
 
 
 @torch.no_grad()
 def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | None = None,
-                      progress: bool = True) -> Path:
-    """Score every valid pair with the configured (starting) model; returns the written file.
+                      progress: bool = True, in_place: bool = False) -> Path:
+    """Score every valid pair with the configured (starting) model; returns the written file
+    (``output_path``: a new file unless ``in_place``).
 
     Under a launcher each of the N ranks loads the model whole (no ZeRO: scoring keeps no
     optimizer state, and a 7B model fits one GPU), scores its shard of the packing plan's
@@ -52,8 +68,9 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
     from tpo_fast.packing import plan_bins
     from tpo_fast.train.setup import enable_sequence_parallel, load_tokenizer_and_model
 
-    rank, world, rank_device = _process_group()
     source = Path(cfg.data.train)
+    target = output_path(source, out, in_place)  # refused before any work
+    rank, world, rank_device = _process_group(cfg.deepspeed.timeout_minutes)
     records, skipped = read_pairs_config(cfg.data)
     tokenizer, model, _ = load_tokenizer_and_model(cfg, ds_config=None, role="score")
     device = torch.device(device) if device else rank_device or torch.device(
@@ -88,14 +105,20 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
         shards = [None] * world
         dist.all_gather_object(shards, scores)
         scores = {k: v for shard in shards for k, v in shard.items()}
-    target = output_path(source, out)
     if rank == 0:
-        _write(dataset, scores, target, write_pairs_atomic)
-        left_out = len(skipped) + len(dataset.skipped)
+        objects = _scored_objects(dataset, scores)
+        if in_place:
+            _rewrite_in_place(source, dataset.records, objects)
+        else:
+            write_pairs_atomic(target, objects)
+        invalid = len(skipped) + len(dataset.skipped)
+        kept = ("kept as they were" if in_place
+                else f"left out of it (still in {source}; first: "
+                     f"{(skipped + dataset.skipped)[0]})" if invalid else "")
         print(f"tpo-fast ref-logps: scored {len(scores)} of {len(dataset.records)} pairs "
               f"-> {target}"
               + (f" on {world} ranks" if world > 1 else "")
-              + (f"; {left_out} invalid pair(s) left out of the file" if left_out else "")
+              + (f"; {invalid} invalid pair(s) {kept}" if invalid else "")
               + (f"; {len(plan.dropped)} over-long pair(s) kept without ref_logps"
                  if len(plan.dropped) else ""), file=sys.stderr)
     if world > 1:
@@ -103,7 +126,7 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
     return target
 
 
-def _write(dataset, scores: dict, target: Path, write_pairs_atomic) -> None:
+def _scored_objects(dataset, scores: dict) -> list[dict]:
     objects = []
     for i, record in enumerate(dataset.records):
         obj = dict(record.raw)
@@ -112,4 +135,33 @@ def _write(dataset, scores: dict, target: Path, write_pairs_atomic) -> None:
         else:  # over the token budget: left without (train drops it as well)
             obj.pop("ref_logps", None)
         objects.append(obj)
-    write_pairs_atomic(target, objects)
+    return objects
+
+
+def _rewrite_in_place(path: Path, records, objects: list[dict]) -> None:
+    """Rewrite the JSONL file ``path`` atomically: each scored record's line replaced by its
+    object, every other line (blank, invalid, unreadable video) kept byte for byte."""
+    import json
+    import os
+    import tempfile
+
+    by_line = {}
+    for record, obj in zip(records, objects):
+        line = int(record.source.rsplit(":", 1)[1])
+        by_line[line] = json.dumps(obj, ensure_ascii=False)
+    with open(path, encoding="utf-8", newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            for n, line in enumerate(lines, start=1):
+                if n in by_line:  # the line's own ending (\n, \r\n) is kept
+                    body = line.rstrip("\r\n")
+                    line = by_line[n] + (line[len(body):] or "\n")
+                f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -18,15 +18,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
-    """Join (or, run without a launcher, create) the process group: (rank, world, device)."""
+def init_distributed(timeout_minutes: float = 30.0) -> tuple[int, int, torch.device]:
+    """Join (or, run without a launcher, create) the process group: (rank, world, device).
+    A collective that waits longer than ``timeout_minutes`` for a peer raises (the job ends
+    instead of hanging on a dead or stuck rank)."""
+    from datetime import timedelta
+
     import deepspeed
 
     if "RANK" not in os.environ:  # plain `tpo-fast train`: a group of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
     cuda = torch.cuda.is_available()
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo",
+                               timeout=timedelta(minutes=timeout_minutes))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", 0))
