@@ -124,6 +124,12 @@ class VideoLLMAdapter:
             messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
         messages.append({"role": "user", "content": [{"type": "video"},
                                                      {"type": "text", "text": question}]})
+        if chat_template is None and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                "the tokenizer has no chat template: a model folder keeps it in the tokenizer "
+                "(chat_template.jinja, tokenizer_config.json) or the processor "
+                "(chat_template.json, processor_config.json); load the tokenizer with "
+                "tpo_fast.models.folder.load_tokenizer to take the processor's")
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                              chat_template=chat_template)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
