@@ -47,10 +47,19 @@ def processor_chat_template(folder) -> str | None:
 
 
 def load_tokenizer(folder):
-    """The folder's tokenizer; where it has no chat template, the processor's."""
-    from transformers import AutoTokenizer
+    """The folder's tokenizer (the class its ``tokenizer_config.json`` names); where it has no
+    chat template, the processor's."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = Path(folder) / "tokenizer_config.json"
+    named = _json(config).get("tokenizer_class") if config.is_file() else None
+    if named in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        # the folder's tokenizer.json as it is: AutoTokenizer replaces this class by the model
+        # type's registered one for some families (transformers' list of hub folders with a
+        # wrong tokenizer_class, e.g. HyperCLOVAX -> GPT2Tokenizer), which re-reads the file
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     if not getattr(tokenizer, "chat_template", None):
         template = processor_chat_template(folder)
         if template is not None:

@@ -46,19 +46,20 @@ _IMAGENET = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.22
 
 def save_tiny_model(family: str, folder, *, seed: int = 0, hidden: int = 32, layers: int = 2,
                     frame_size: int = 16, dtype: torch.dtype = torch.float32,
-                    template: str | None = None) -> Path:
+                    template: str | None = None, words: list[str] | None = None) -> Path:
     """Write a tiny random ``family`` model, its tokenizer and its processor files into
     ``folder``; returns it.
 
     ``template``: where the chat template goes — ``"tokenizer"`` (``chat_template.jinja``) or
     ``"processor"`` (only ``chat_template.json``); default: the family's published layout.
+    ``words``: extra tokenizer words (e.g. option letters for multiple-choice evaluation).
     Grid (Qwen-VL-style) processors get ``size`` = {shortest_edge, longest_edge} =
     ``frame_size``², so frames of that size are not resized up to the processor's default
     minimum (thousands of tokens a video)."""
     from tpo_fast.models.tiny import tiny_model, tiny_tokenizer
 
     folder = Path(folder)
-    tokenizer = tiny_tokenizer(family)
+    tokenizer = tiny_tokenizer(family, words=words)
     model = tiny_model(family, tokenizer, seed=seed, hidden=hidden, layers=layers,
                        frame_size=frame_size, dtype=dtype)
     if family == "longva":
