@@ -27,7 +27,7 @@ from tpo_fast.train.metrics import read_metrics
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "configs" / "tiny.yaml"
+TINY = str(ROOT / "configs" / "tiny.yaml")
 QUIET = ["run.progress=false", "run.tensorboard=false", "run.plot=false"]
 OPTIONS = ["red", "green", "blue"]
 
@@ -54,6 +54,10 @@ def test_supported_means_a_registry_entry_with_frame_steps():
     # the families without frame steps say which processor step is missing
     others = set(FAMILIES) - set(families)
     assert all(FAMILIES[f].missing for f in others)
+    # a hand-written adapter's own model_types agree with the registry
+    for family, entry in FAMILIES.items():
+        if entry.adapter.model_types:
+            assert family in entry.adapter.model_types, (family, entry.adapter.__name__)
 
 
 @pytest.mark.parametrize("family", supported_families())
@@ -71,14 +75,15 @@ def test_family_from_its_folder_through_the_cli(family, data, tmp_path, capsys):
 
     run = tmp_path / "run"
     assert main(["train", TINY, *common, f"run.output_dir={run}", "optim.max_steps=2",
-                 "optim.global_batch_size=2", "optim.epochs=1"]) == 0
+                 "optim.global_batch_size=2"]) == 0
     rows = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
-    assert all(math.isfinite(r["loss"]) and r["pairs"] == 2 for r in rows)
+    assert all(math.isfinite(r["loss"]) and r["pairs"] > 0 for r in rows)
+    assert rows[1]["loss"] != rows[0]["loss"]  # the first step changed the weights
     final = run / "final"
     assert (final / "config.json").is_file()
 
-    scored = tmp_path / "ref.jsonl"
+    scored = Path(pairs).parent / f"ref_{family}.jsonl"  # beside the pairs: relative videos
     assert main(["ref-logps", TINY, *common, "--out", str(scored), "--device", "cpu"]) == 0
     records, _ = read_pairs(scored)
     assert len(records) == 4
@@ -101,9 +106,11 @@ def test_family_from_its_folder_through_the_cli(family, data, tmp_path, capsys):
                  "filter.judge=false", "filter.rules=[]"]) == 0
     counts = json.loads((curated / "summary.json").read_text())["counts"]
     assert counts["questions"] == counts["responses"] == 2  # one localized, one comprehensive
-    written, _ = read_pairs(curated / "pairs.jsonl")
+    # a random model may answer with special tokens only (empty text): the rules are off, so
+    # both pairs are written whatever the answers say
+    written = [json.loads(line) for line in (curated / "pairs.jsonl").read_text().splitlines()]
     assert len(written) == counts["written"] == 2
-    assert all(r.chosen.strip() and r.rejected.strip() for r in written)
+    assert all(isinstance(r["chosen"], str) and isinstance(r["rejected"], str) for r in written)
 
 
 def test_a_template_only_in_the_processor_trains_and_evaluates(data, tmp_path):

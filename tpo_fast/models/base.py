@@ -65,6 +65,14 @@ class VideoLLMAdapter:
         raise NotImplementedError
 
     # ---- video -----------------------------------------------------------------------------
+    def preprocess(self, frames: torch.Tensor, **kwargs) -> Video:
+        """Decoded uint8 frames [n, H, W, 3] -> this model's video inputs: the family's frame
+        steps in the registry, with the settings of the folder the model was loaded from
+        (``tpo_fast.video.preprocess_video``; keyword arguments as there)."""
+        from tpo_fast.video.preprocess import preprocess_video
+
+        return preprocess_video(frames, self.model.config, **kwargs)
+
     def check_video(self, video: Video, where: str = "video") -> None:
         missing = [k for k in self.video_keys if k not in video]
         if missing:

@@ -81,6 +81,10 @@ def save_tiny_model(family: str, folder, *, seed: int = 0, hidden: int = 32, lay
         tokenizer.chat_template = None
     tokenizer.save_pretrained(folder)
     if layout == "processor":
+        config = folder / "tokenizer_config.json"
+        tokenizer_config = json.loads(config.read_text())
+        tokenizer_config.pop("chat_template", None)  # not even a null: the key is absent there
+        _write(config, tokenizer_config)
         _write(folder / "chat_template.json", {"chat_template": chat_template})
     processor = processor_config(family, model.config, frame_size)
     if processor is not None:
