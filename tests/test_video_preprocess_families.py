@@ -133,6 +133,28 @@ def test_one_frame_equals_the_hf_slow_image_processor(family, processor, tp):
                                atol=1e-5, rtol=0)
 
 
+def test_video_llava_matches_the_hf_clip_processor():
+    """Video-LLaVA's video processor is CLIP's steps (shortest edge, centre crop, CLIP mean/std;
+    transformers/models/video_llava/video_processing_video_llava.py): against the slow CLIP
+    image processor per frame, to PIL's bicubic kernel (within 3 levels, mean < 0.3)."""
+    from PIL import Image
+    from transformers import CLIPImageProcessorPil
+
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(64.0), indexing="ij")
+    frames = torch.stack([torch.stack([128 + 100 * torch.sin(xx / 5 + yy / 7 + k),
+                                       128 + 100 * torch.cos(xx / 9 - k),
+                                       128 + 90 * torch.sin((xx + yy) / 11 + 2 * k)], -1)
+                          for k in range(2)]).round().to(torch.uint8)
+    config = NS(model_type="video_llava", vision_config=NS(image_size=24))
+    ours = preprocess_video(frames, config)["pixel_values_videos"][0]
+    proc = CLIPImageProcessorPil(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24})
+    std = torch.tensor(FAMILIES["video_llava"].frames.std).view(3, 1, 1)
+    for k in range(2):
+        hf = proc(Image.fromarray(frames[k].numpy()), return_tensors="pt")["pixel_values"][0]
+        levels = (ours[k] - hf).abs() * 255 * std
+        assert levels.mean() < 0.3 and levels.max() <= 3
+
+
 def test_pixels_before_channels_is_a_different_layout():
     """Cosmos3-Edge's rows differ from Qwen's for the same pixels (the flag is not a no-op)."""
     frame = _frame(16, 16)
