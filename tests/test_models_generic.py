@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tpo_fast.models import PreferenceModel, adapter_for, supported_families
+from tpo_fast.models.registry import packed_families
 from tpo_fast.models.generic import GenericVideoAdapter, UnsupportedModelError
 from tpo_fast.models.registry import GENERIC_FAMILIES
 from tpo_fast.models.stock import stock_pair_logps
@@ -110,16 +111,17 @@ def check_family(family, n_pairs=2, seed=0):
     return fast, batch
 
 
-SUPPORTED_GENERIC = [f for f in supported_families() if f not in FAMILIES]
+SUPPORTED_GENERIC = [f for f in packed_families() if f not in FAMILIES]
 # every transformers family (LongVA is no transformers model: tests/test_longva.py and
 # tests/test_models_packed.py check it against its own unpacked forward)
-TRANSFORMERS_FAMILIES = [f for f in supported_families() if f not in ("longva", "llava_video")]
+TRANSFORMERS_FAMILIES = [f for f in packed_families() if f not in ("longva", "llava_video")]
 
 
 def test_supported_families_are_all_tested():
     assert len(TRANSFORMERS_FAMILIES) >= 15
     assert set(SUPPORTED_GENERIC) == set(GENERIC_FAMILIES) - set(FAMILIES)
-    assert set(supported_families()) == set(TRANSFORMERS_FAMILIES) | {"longva", "llava_video"}
+    assert set(packed_families()) == set(TRANSFORMERS_FAMILIES) | {"longva", "llava_video"}
+    assert set(supported_families()) <= set(packed_families())
 
 
 @pytest.mark.parametrize("family", TRANSFORMERS_FAMILIES)

@@ -132,18 +132,13 @@ def load_video_llm(path: str | None, tiny: str | None, dtype: str, device: str):
         model = tiny_model(tiny, tokenizer, dtype=torch_dtype)
         name = f"tiny:{tiny}"
     else:
-        from transformers import AutoModelForImageTextToText, AutoTokenizer
-
-        from tpo_fast.models.llava_next_layout import is_llava_next_checkpoint, load_llava_next
+        from tpo_fast.models.folder import load_model, load_tokenizer
 
         if not Path(path).is_dir():
             raise FileNotFoundError(f"model folder {path} does not exist (models load from "
                                     "local Hugging Face folders)")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if is_llava_next_checkpoint(path):  # LongVA / LLaVA-Video
-            model = load_llava_next(path, dtype=torch_dtype)
-        else:
-            model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
+        tokenizer = load_tokenizer(path)  # the processor's template where it has none
+        model = load_model(path, torch_dtype)
         name = str(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,11 +1,13 @@
 """Model adapters (one per video-LLM family) and ``PreferenceModel``, the packed forward.
 
-Supported ``config.model_type`` values: ``supported_families()`` — the hand-written adapters'
-(llava_onevision, llava_next_video, qwen2_vl, qwen2_5_vl, qwen3_vl, and longva: LLaVA-NeXT-format
-LongVA checkpoints, ``load_longva``, ``save_longva``; llava_video: LLaVA-NeXT-format LLaVA-Video
-checkpoints, ``load_llava_video``, ``save_llava_video``; ``load_llava_next`` picks either from a
-folder) and the transformers families verified
-through ``GenericVideoAdapter``. transformers is imported only when a model is used.
+Supported ``config.model_type`` values: ``supported_families()`` — the families that train, score
+and generate from a model folder through the CLI (one registry, ``registry.FAMILIES``: each
+entry's adapter and its processor's frame steps; longva: LLaVA-NeXT-format LongVA checkpoints,
+``load_longva``, ``save_longva``; llava_video: LLaVA-NeXT-format LLaVA-Video checkpoints,
+``load_llava_video``, ``save_llava_video``; ``load_llava_next`` picks either from a folder);
+``registry.packed_families()`` adds those whose packed path is tested on inputs built in memory
+only. Folders load through ``folder.load_tokenizer`` / ``folder.load_model``. transformers is
+imported only when a model is used.
 """
 
 from tpo_fast.models.base import VideoLLMAdapter

@@ -65,6 +65,14 @@ class VideoLLMAdapter:
         raise NotImplementedError
 
     # ---- video -----------------------------------------------------------------------------
+    def preprocess(self, frames: torch.Tensor, **kwargs) -> Video:
+        """Decoded uint8 frames [n, H, W, 3] -> this model's video inputs: the family's frame
+        steps in the registry, with the settings of the folder the model was loaded from
+        (``tpo_fast.video.preprocess_video``; keyword arguments as there)."""
+        from tpo_fast.video.preprocess import preprocess_video
+
+        return preprocess_video(frames, self.model.config, **kwargs)
+
     def check_video(self, video: Video, where: str = "video") -> None:
         missing = [k for k in self.video_keys if k not in video]
         if missing:
@@ -124,6 +132,12 @@ class VideoLLMAdapter:
             messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
         messages.append({"role": "user", "content": [{"type": "video"},
                                                      {"type": "text", "text": question}]})
+        if chat_template is None and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                "the tokenizer has no chat template: a model folder keeps it in the tokenizer "
+                "(chat_template.jinja, tokenizer_config.json) or the processor "
+                "(chat_template.json, processor_config.json); load the tokenizer with "
+                "tpo_fast.models.folder.load_tokenizer to take the processor's")
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                              chat_template=chat_template)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -348,16 +348,6 @@ def _tiny_audio(audio: dict, hidden: int) -> dict:
 
 
 def _model_class(config):
-    from transformers import AutoModelForImageTextToText
-    from transformers.models.auto import modeling_auto
+    from tpo_fast.models.folder import model_class
 
-    mapping = modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-    if config.model_type in mapping:
-        return AutoModelForImageTextToText
-    import transformers
-
-    for names in (modeling_auto.MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES,
-                  modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
-        if config.model_type in names:
-            return getattr(transformers, names[config.model_type])
-    raise ValueError(f"no model class for {config.model_type!r}")
+    return model_class(config)

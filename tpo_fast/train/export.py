@@ -103,6 +103,9 @@ def export_model(model: nn.Module, tokenizer, final: Path, *, zero3: bool, rank:
         else:
             _save_plain(base, final, merged)
             tokenizer.save_pretrained(final)
+            from tpo_fast.models.folder import copy_processor_files
+
+            copy_processor_files(getattr(base.config, "_name_or_path", None), final)
         if peft_model is not None:
             # peft names: the wrapped model's names under base_model.model.
             peft_model.save_pretrained(final / "lora_adapter", state_dict={

@@ -115,7 +115,6 @@ def load_tokenizer_and_model(cfg: TrainConfig, ds_config: dict | None, role: str
     The LoRA adapters go on the language model only (``target_modules`` inside the vision tower
     and the projector are excluded: the tower is frozen, and a LoRA reference needs them
     untouched)."""
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
     from transformers.integrations import HfDeepSpeedConfig
 
     if role not in ROLES:
@@ -138,14 +137,11 @@ def load_tokenizer_and_model(cfg: TrainConfig, ds_config: dict | None, role: str
             if ds_config is None:
                 raise ValueError("a ZeRO-3 build needs the DeepSpeed config")
             keep_alive = HfDeepSpeedConfig(ds_config)
-        from tpo_fast.models import is_llava_next_checkpoint, load_llava_next
+        from tpo_fast.models.folder import load_model, load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-        if is_llava_next_checkpoint(cfg.model.path):  # LongVA / LLaVA-Video: not transformers
-            model = load_llava_next(cfg.model.path, dtype=dtype,
-                                    zero3_config=ds_config if keep_alive is not None else None)
-        else:
-            model = AutoModelForImageTextToText.from_pretrained(cfg.model.path, dtype=dtype)
+        tokenizer = load_tokenizer(cfg.model.path)  # the processor's template where it has none
+        model = load_model(cfg.model.path, dtype,
+                           zero3_config=ds_config if keep_alive is not None else None)
     if role != "policy":
         return tokenizer, model.eval(), keep_alive
     model.train()
