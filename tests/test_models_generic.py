@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from tpo_fast.models import PreferenceModel, adapter_for, supported_families
-from tpo_fast.models.registry import packed_families
 from tpo_fast.models.generic import GenericVideoAdapter, UnsupportedModelError
-from tpo_fast.models.registry import GENERIC_FAMILIES
+from tpo_fast.models.registry import GENERIC_FAMILIES, packed_families
 from tpo_fast.models.stock import stock_pair_logps
 from tpo_fast.models.tiny import FAMILIES, random_video, tiny_model, tiny_tokenizer
 

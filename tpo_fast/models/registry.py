@@ -24,7 +24,7 @@ from tpo_fast.models.llava_video import LlavaVideoAdapter
 from tpo_fast.models.longva import LongVAAdapter
 from tpo_fast.models.omni import OmniThinkerAdapter
 from tpo_fast.models.qwen_vl import Qwen2_5VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
-from tpo_fast.video.preprocess import (CLIP_MEAN, CLIP_STD, HALF, GridFrames, SquareFrames)
+from tpo_fast.video.preprocess import CLIP_MEAN, CLIP_STD, HALF, GridFrames, SquareFrames
 
 
 @dataclass(frozen=True)
