@@ -172,3 +172,28 @@ def test_logp_shift_per_pair_type():
     assert shift["comprehensive"]["chosen_fell"] == 0.5
     assert shift["all"]["n"] == 3
     assert shift["all"]["chosen_shift"] == pytest.approx((0.5 - 2.0 + 0.5) / 3)
+
+
+def test_rejected_names_first():
+    from tpo_fast.demo import rejected_names_first
+
+    options = ["red", "green", "blue", "yellow"]
+    questions = [{"video": "videos/video_00000.mp4", "task_type": "comprehensive/first",
+                  "options": options, "answer": 1},
+                 {"video": "videos/video_00000.mp4", "task_type": "comprehensive/last",
+                  "options": options, "answer": 3},
+                 {"video": "videos/video_00001.mp4", "task_type": "comprehensive/first",
+                  "options": options, "answer": 0}]
+
+    def pair(video, rejected, kind):
+        return {"video": f"/abs/train/videos/{video}", "rejected": rejected, "type": kind}
+
+    shares = rejected_names_first([pair("video_00000.mp4", "B. green", "localized"),
+                                   pair("video_00001.mp4", "B. green", "localized"),
+                                   pair("video_00001.mp4", "A. red", "localized"),
+                                   pair("video_00000.mp4", "D. yellow", "comprehensive")],
+                                  questions)
+    assert shares == {"localized": {"n": 3, "share": 2 / 3},
+                      "comprehensive": {"n": 1, "share": 0.0}}
+    with pytest.raises(KeyError, match="first-colour"):
+        rejected_names_first([pair("video_00009.mp4", "A. red", "localized")], questions)

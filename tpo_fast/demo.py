@@ -556,9 +556,27 @@ def logp_shift(before: list[dict], after: list[dict]) -> dict:
             for k, (n, dc, dr, fell, c0, r0) in tally.items()}
 
 
+def rejected_names_first(pairs: list[dict], questions: list[dict]) -> dict:
+    """Per pair type: the share of pairs whose rejected answer names the colour that came first
+    in the video (the answer of its "comprehensive/first" question; ``questions`` are the
+    split's ``qa.jsonl`` rows, matched by the video's file name)."""
+    first = {Path(q["video"]).name: q for q in questions
+             if q["task_type"] == "comprehensive/first"}
+    tally: dict[str, list[int]] = {}
+    for p in pairs:
+        q = first.get(Path(p["video"]).name)
+        if q is None:
+            raise KeyError(f"pair {p.get('id', '?')}: no first-colour question for {p['video']}")
+        t = tally.setdefault(p["type"], [0, 0])
+        t[0] += 1
+        t[1] += names_only_answer(p["rejected"], q["options"], q["answer"])
+    return {k: {"n": n, "share": hits / n} for k, (n, hits) in tally.items()}
+
+
 def diagnose(run: str | Path) -> dict:
     """``logp_shift`` of every trained model of a finished demo run (tpo, control) against its
-    base on the run's curated pairs, written to ``<run>/logp_shift.json``."""
+    base on the run's curated pairs, and ``rejected_names_first`` of the pairs, written to
+    ``<run>/logp_shift.json``."""
     root = Path(run)
     s = DemoSettings(**{**json.loads((root / "demo_settings.json").read_text()),
                         "out": str(root), "progress": False})
@@ -566,7 +584,8 @@ def diagnose(run: str | Path) -> dict:
     scores = root / "diagnose"
     scores.mkdir(exist_ok=True)
     before = pair_logps(s, root / "base" / "final", pairs, scores / "base.jsonl")
-    out = {}
+    out = {"rejected_names_first": rejected_names_first(
+        _jsonl(pairs), _jsonl(root / "data" / "train" / "qa.jsonl"))}
     for name in ("tpo", "control"):
         if (root / name / "final" / "config.json").is_file():
             out[name] = logp_shift(before, pair_logps(s, root / name / "final", pairs,
