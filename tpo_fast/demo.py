@@ -58,10 +58,9 @@ class DemoSettings:
     sft_epochs: int = 4
     sft_lr: float = 3e-3
     # curation
-    # the policy's sampling temperature (0: greedy). Sampled, not greedy: greedy rejected
-    # answers from the complement name the first segment's colour in most pairs, and TPO
-    # then unlearns "which colour came first ?" (docs/experiment.md, dev seed 100)
-    temperature: float = 1.0
+    # the policy's sampling temperature (0: greedy). Sampling (1.0) kept the comprehensive
+    # answers on dev seed 100 but not on seeds 1, 2, 102 (docs/experiment.md, issue 30)
+    temperature: float = 0.0
     incomplete_fraction: float = 0.5  # localized rejected: share `incomplete`, rest complement
     judge: bool = False  # TPO's judge (here from the ground truth) filters the curated pairs
     mix_localized: float = 5.0  # localized : comprehensive pairs kept (TPO: 5:5)
