@@ -148,3 +148,52 @@ def test_ground_truth_judge(tmp_path):
     target = {"purpose": "query", "events": entry["events"], "kind": "localized",
               "t0": q["span"][0], "t1": q["span"][1]}
     assert judge._one(target, seed=5) == q["mc_prompt"]
+
+
+def test_logp_shift_per_pair_type():
+    from tpo_fast.demo import logp_shift
+
+    before = [{"id": "a", "type": "localized", "ref_logps": [-1.0, -2.0]},
+              {"id": "b", "type": "comprehensive", "ref_logps": [-0.5, -3.0]},
+              {"id": "c", "type": "comprehensive", "ref_logps": [-1.5, -1.0]},
+              {"id": "d", "type": "localized"}]  # over-long: never scored
+    after = [{"id": "a", "type": "localized", "ref_logps": [-0.5, -6.0]},
+             {"id": "b", "type": "comprehensive", "ref_logps": [-2.5, -5.0]},
+             {"id": "c", "type": "comprehensive", "ref_logps": [-1.0, -4.0]},
+             {"id": "d", "type": "localized", "ref_logps": [-1.0, -1.0]},
+             {"id": "e", "type": "localized", "ref_logps": [-1.0, -1.0]}]  # not in before
+    shift = logp_shift(before, after)
+    assert shift["localized"] == {"n": 1, "chosen_shift": 0.5, "rejected_shift": -4.0,
+                                  "chosen_fell": 0.0, "chosen_before": -1.0,
+                                  "rejected_before": -2.0}
+    assert shift["comprehensive"]["n"] == 2
+    assert shift["comprehensive"]["chosen_shift"] == pytest.approx((-2.0 + 0.5) / 2)
+    assert shift["comprehensive"]["rejected_shift"] == pytest.approx((-2.0 - 3.0) / 2)
+    assert shift["comprehensive"]["chosen_fell"] == 0.5
+    assert shift["all"]["n"] == 3
+    assert shift["all"]["chosen_shift"] == pytest.approx((0.5 - 2.0 + 0.5) / 3)
+
+
+def test_rejected_names_first():
+    from tpo_fast.demo import rejected_names_first
+
+    options = ["red", "green", "blue", "yellow"]
+    questions = [{"video": "videos/video_00000.mp4", "task_type": "comprehensive/first",
+                  "options": options, "answer": 1},
+                 {"video": "videos/video_00000.mp4", "task_type": "comprehensive/last",
+                  "options": options, "answer": 3},
+                 {"video": "videos/video_00001.mp4", "task_type": "comprehensive/first",
+                  "options": options, "answer": 0}]
+
+    def pair(video, rejected, kind):
+        return {"video": f"/abs/train/videos/{video}", "rejected": rejected, "type": kind}
+
+    shares = rejected_names_first([pair("video_00000.mp4", "B. green", "localized"),
+                                   pair("video_00001.mp4", "B. green", "localized"),
+                                   pair("video_00001.mp4", "A. red", "localized"),
+                                   pair("video_00000.mp4", "D. yellow", "comprehensive")],
+                                  questions)
+    assert shares == {"localized": {"n": 3, "share": 2 / 3},
+                      "comprehensive": {"n": 1, "share": 0.0}}
+    with pytest.raises(KeyError, match="first-colour"):
+        rejected_names_first([pair("video_00009.mp4", "A. red", "localized")], questions)
