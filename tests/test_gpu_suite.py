@@ -126,7 +126,7 @@ def test_the_json_is_written_after_every_step(tmp_path, monkeypatch):
 
 
 KIT = Path(os.environ.get("GPU_KIT", ROOT.parent / "shared" / "gpu"))
-REHEARSAL_BUDGET_S = 400
+REHEARSAL_BUDGET_S = 600  # a ceiling: a quiet CI machine takes far less
 
 
 @pytest.mark.skipif(not (KIT / "make-carry").is_file(),
