@@ -29,6 +29,9 @@ import importlib
 import json
 import os
 import random
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,24 @@ def oracle(module: str):
     return pytest.importorskip(module)
 
 
+def _decord_stub() -> None:
+    """lmms-eval's LongVideoBench utils import decord at module level, and decord's bundled
+    FFmpeg libraries clash with PyAV's once both are loaded in one process (measured: PyAV's
+    libvpx-vp9 encoder then fails to open, breaking every later video test of the session).
+    The functions used from that module never decode, so it gets a stand-in that refuses to;
+    the frame test runs the real decord in a subprocess."""
+    if "decord" in sys.modules:
+        return
+    stub = types.ModuleType("decord")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("decord is stubbed in this process (tests/test_eval_protocol.py)")
+
+    stub.VideoReader, stub.cpu, stub.gpu = refuse, refuse, refuse
+    sys.modules["decord"] = stub
+
+
+_decord_stub()
 videomme_utils = oracle("lmms_eval.tasks.videomme.utils")
 mlvu_utils = oracle("lmms_eval.tasks.mlvu.utils")
 lvb_utils = oracle("lmms_eval.tasks.longvideobench.utils")
@@ -458,7 +479,7 @@ def test_longvideobench_answers_and_score_equal_lmms_eval(lvb):
 def test_frame_sampling_equals_lmms_eval_longva(tmp_path):
     """LongVA's (and LLaVA-Video's, run as ``--model longva``) ``load_video``: decord frames
     at ``np.linspace(0, n - 1, k, dtype=int)``; ours: the same indices through our decoder."""
-    longva = oracle("lmms_eval.models.simple.longva")
+    oracle("lmms_eval.models.simple.longva")  # importable here (the stub), run in a subprocess
     from tpo_fast.data.synthetic import write_video
     from tpo_fast.video import decode, probe
 
@@ -468,13 +489,25 @@ def test_frame_sampling_equals_lmms_eval_longva(tmp_path):
     write_video(path, frames, fps=10)
     info = probe(path)
     for n in (1, 7, 32, 61, 96):
-        theirs = longva.LongVA.load_video(None, str(path), n)  # self is not used
+        theirs = _longva_load_video(path, n, tmp_path / f"theirs{n}.npy")
         indices = ours.uniform_frame_indices(info.num_frames, n)
         assert indices == np.linspace(0, 60, n, dtype=int).tolist()
         mine = decode(info, indices, backend="pyav").cpu().numpy()
         assert mine.shape == theirs.shape
         # same frames (each frame's grey level identifies it); decoders may differ by rounding
         assert np.abs(mine.astype(int) - theirs.astype(int)).max() <= 3
+
+
+def _longva_load_video(path, n: int, out) -> np.ndarray:
+    """lmms-eval's ``LongVA.load_video`` (self is not used) with the real decord, in a process
+    of its own (see ``_decord_stub``)."""
+    code = ("import sys, numpy as np\n"
+            "from lmms_eval.models.simple.longva import LongVA\n"
+            "np.save(sys.argv[3], LongVA.load_video(None, sys.argv[1], int(sys.argv[2])))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path), str(n), str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return np.load(out)
 
 
 # ---- the paper's era: lmms-eval v0.3.0 / v0.3.1 ----------------------------------------------
