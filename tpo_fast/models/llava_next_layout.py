@@ -242,6 +242,39 @@ def load_tensors(model: nn.Module, folder: Path, files: dict[str, Path],
 
 
 # ---- writing -------------------------------------------------------------------------------
+def load_checkpoint(path, *, name: str, model_types, config_class, model_class,
+                    resolve_vision_config, vision_config=None, dtype=None, device="cpu",
+                    attn_implementation: str = "sdpa", zero3_config: dict | None = None):
+    """One LLaVA-NeXT-layout family's folder -> ``model_class`` in eval mode (the steps LongVA
+    and LLaVA-Video share): check config.json, read the weights' shapes, resolve the tower's
+    config (``resolve_vision_config(llava, shapes, vision_config)``), build (under ``zero.Init``
+    with ``zero3_config``) and load. Raises ``LlavaNextCheckpointError`` before any model is
+    built where the folder is not the family's."""
+    folder = Path(path)
+    llava = read_json(folder / CONFIG_NAME)
+    if "mm_vision_tower" not in llava:
+        raise LlavaNextCheckpointError(f"{folder / CONFIG_NAME} has no mm_vision_tower: not a "
+                                       "LLaVA-NeXT checkpoint")
+    if llava.get("model_type") not in model_types:
+        raise LlavaNextCheckpointError(f"{folder / CONFIG_NAME}: model_type "
+                                       f"{llava.get('model_type')!r} is not a {name} (Qwen2) "
+                                       f"model (expected one of {tuple(model_types)})")
+    files = weight_map(folder)
+    shapes = tensor_shapes(files)
+    try:
+        config = config_class(llava, resolve_vision_config(llava, shapes, vision_config))
+    except LlavaNextCheckpointError:
+        raise
+    except ValueError as exc:
+        raise LlavaNextCheckpointError(f"{folder / CONFIG_NAME}: {exc}") from None
+    dtype = as_dtype(dtype) or as_dtype(llava.get("torch_dtype")) or torch.float32
+    with building(dtype, device, zero3_config):
+        model = model_class(config, attn_implementation=attn_implementation)
+    load_tensors(model, folder, files, shapes, zero3_config, name)
+    model.config.llava["torch_dtype"] = str(dtype).removeprefix("torch.")  # what it now holds
+    return model.eval()
+
+
 def write_folder(model: nn.Module, path, config: dict, *, tokenizer=None, dtype=None,
                  max_shard_bytes: int = DEFAULT_SHARD_BYTES, state_dict: dict | None = None,
                  overwrite: bool = False) -> Path:

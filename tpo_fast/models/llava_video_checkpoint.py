@@ -26,20 +26,15 @@ from pathlib import Path
 import torch
 
 from tpo_fast.models.llava_next_layout import (
-    CONFIG_NAME,
     DEFAULT_SHARD_BYTES,
     QWEN_MODEL_TYPES,
     TOWER_PREFIX,
     LlavaNextCheckpointError,
-    as_dtype,
     building,
-    load_tensors,
-    read_json,
+    load_checkpoint,
     read_llava_config,
-    tensor_shapes,
     tower_kind,
     tower_layers,
-    weight_map,
     write_folder,
 )
 from tpo_fast.models.llava_video import LlavaVideoConfig, LlavaVideoForCausalLM
@@ -114,29 +109,11 @@ def load_llava_video(path, *, vision_config=None, dtype=None, device="cpu",
     ``load_longva``'s (``vision_config``: the SigLIP tower's). Raises
     ``LlavaVideoCheckpointError`` naming missing, unexpected or mis-shaped tensors and
     unsupported settings, before any model is built."""
-    folder = Path(path)
-    llava = read_json(folder / CONFIG_NAME)
-    if "mm_vision_tower" not in llava:
-        raise LlavaVideoCheckpointError(f"{folder / CONFIG_NAME} has no mm_vision_tower: not a "
-                                        "LLaVA-NeXT checkpoint")
-    if llava.get("model_type") not in QWEN_MODEL_TYPES:
-        raise LlavaVideoCheckpointError(f"{folder / CONFIG_NAME}: model_type "
-                                        f"{llava.get('model_type')!r} is not a LLaVA-Video "
-                                        f"(Qwen2) model (expected one of {QWEN_MODEL_TYPES})")
-    files = weight_map(folder)
-    shapes = tensor_shapes(files)
-    try:
-        config = LlavaVideoConfig(llava, resolve_vision_config(llava, shapes, vision_config))
-    except LlavaVideoCheckpointError:
-        raise
-    except ValueError as exc:
-        raise LlavaVideoCheckpointError(f"{folder / CONFIG_NAME}: {exc}") from None
-    dtype = as_dtype(dtype) or as_dtype(llava.get("torch_dtype")) or torch.float32
-    with building(dtype, device, zero3_config):
-        model = LlavaVideoForCausalLM(config, attn_implementation=attn_implementation)
-    load_tensors(model, folder, files, shapes, zero3_config, "LLaVA-Video")
-    model.config.llava["torch_dtype"] = str(dtype).removeprefix("torch.")
-    return model.eval()
+    return load_checkpoint(path, name="LLaVA-Video", model_types=QWEN_MODEL_TYPES,
+                           config_class=LlavaVideoConfig, model_class=LlavaVideoForCausalLM,
+                           resolve_vision_config=resolve_vision_config,
+                           vision_config=vision_config, dtype=dtype, device=device,
+                           attn_implementation=attn_implementation, zero3_config=zero3_config)
 
 
 def save_llava_video(model: LlavaVideoForCausalLM, path, *, tokenizer=None, dtype=None,

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from tpo_fast.models.llava_next_layout import (
     CONFIG_NAME,
     DEFAULT_SHARD_BYTES,
@@ -36,16 +34,11 @@ from tpo_fast.models.llava_next_layout import (
     SINGLE_NAME,
     TOWER_PREFIX,
     LlavaNextCheckpointError,
-    as_dtype,
-    building,
     checkpoint_names,
-    load_tensors,
-    read_json,
+    load_checkpoint,
     read_llava_config,
-    tensor_shapes,
     tower_kind,
     tower_layers,
-    weight_map,
     write_folder,
 )
 from tpo_fast.models.longva import CHECKPOINT_MODEL_TYPES, LongVAConfig, LongVAForCausalLM
@@ -133,29 +126,11 @@ def load_longva(path, *, vision_config=None, dtype=None, device="cpu",
             rank 0 reading the files and the others receiving their shards.
     Raises ``LongVACheckpointError`` naming missing, unexpected or mis-shaped tensors.
     """
-    folder = Path(path)
-    llava = read_json(folder / CONFIG_NAME)
-    if "mm_vision_tower" not in llava:
-        raise LongVACheckpointError(f"{folder / CONFIG_NAME} has no mm_vision_tower: not a "
-                                    "LLaVA-NeXT checkpoint")
-    if llava.get("model_type") not in CHECKPOINT_MODEL_TYPES:
-        raise LongVACheckpointError(f"{folder / CONFIG_NAME}: model_type "
-                                    f"{llava.get('model_type')!r} is not a LongVA (Qwen2) model "
-                                    f"(expected one of {CHECKPOINT_MODEL_TYPES})")
-    files = weight_map(folder)
-    shapes = tensor_shapes(files)
-    try:
-        config = LongVAConfig(llava, resolve_vision_config(llava, shapes, vision_config))
-    except LongVACheckpointError:
-        raise
-    except ValueError as exc:
-        raise LongVACheckpointError(f"{folder / CONFIG_NAME}: {exc}") from None
-    dtype = as_dtype(dtype) or as_dtype(llava.get("torch_dtype")) or torch.float32
-    with building(dtype, device, zero3_config):
-        model = LongVAForCausalLM(config, attn_implementation=attn_implementation)
-    load_tensors(model, folder, files, shapes, zero3_config, "LongVA")
-    model.config.llava["torch_dtype"] = str(dtype).removeprefix("torch.")  # what it now holds
-    return model.eval()
+    return load_checkpoint(path, name="LongVA", model_types=CHECKPOINT_MODEL_TYPES,
+                           config_class=LongVAConfig, model_class=LongVAForCausalLM,
+                           resolve_vision_config=resolve_vision_config,
+                           vision_config=vision_config, dtype=dtype, device=device,
+                           attn_implementation=attn_implementation, zero3_config=zero3_config)
 
 
 # ---- writing -------------------------------------------------------------------------------
