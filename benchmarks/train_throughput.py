@@ -228,9 +228,11 @@ def mix_lengths(mix: dict) -> list[tuple[int, int, int]]:
 
 
 def pack(policy, pairs, ref_logps=None):
-    return policy.pack([p["prompt"] for p in pairs], [p["chosen"] for p in pairs],
-                       [p["rejected"] for p in pairs], [p["video"] for p in pairs],
-                       ref_logps=ref_logps)
+    from tpo_fast.data.packer import PairPacker
+
+    return PairPacker(policy.adapter).pack(
+        [p["prompt"] for p in pairs], [p["chosen"] for p in pairs],
+        [p["rejected"] for p in pairs], [p["video"] for p in pairs], ref_logps=ref_logps)
 
 
 # ---- the arms ------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
     import torch.distributed as dist
 
     from tpo_fast.data.dataset import TPODataset
+    from tpo_fast.data.packer import PairPacker
     from tpo_fast.data.pairs import read_pairs_config, write_pairs_atomic
     from tpo_fast.models import PreferenceModel
     from tpo_fast.packing import plan_bins
@@ -80,7 +81,8 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
     enable_sequence_parallel(cfg, policy)  # the training layout (an SP group, one batch)
     sp_size = cfg.deepspeed.sequence_parallel_size
     dp_world, dp_rank = world // sp_size, rank // sp_size
-    dataset = TPODataset(records, policy, tokenizer, cfg.data)
+    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data,
+                         device=policy.device)
     p, c, r = dataset.lengths()
     plan = plan_bins(p, c, r, cfg.data.token_budget * sp_size, dp_world, cfg.run.seed,
                      drop_overlong=cfg.data.drop_overlong)
