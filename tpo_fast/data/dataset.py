@@ -44,7 +44,8 @@ class TPODataset:
 
     Args:
         records: validated pairs (``read_pairs``); a pair's own ``system`` message (TRL)
-            replaces ``data.system_prompt`` for it.
+            replaces ``data.system_prompt`` for it (with neither, the packer's own
+            ``system_prompt``, None unless set).
         packer: the family's ``PairPacker`` (adapter + tokenizer): tokenises and packs.
         data_cfg: ``DataConfig`` (frames, system_prompt, decode_threads, skip_invalid,
             video_backend, decode_device, video_threads, min/max_pixels).
