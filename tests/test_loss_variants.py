@@ -26,6 +26,7 @@ from conftest import on_test_device
 from tpo_fast.kernels import (
     LOSS_TYPES,
     NEEDS_REFERENCE,
+    LossSpec,
     RunningRewardMean,
     dpo_sft_loss,
     naive_linear_logprobs,
@@ -89,13 +90,14 @@ class Pairs:
         return x[self.row, self.col]
 
 
-def run_ours(p, impl, hidden=None, weight=None, **kwargs):
+def run_ours(p, impl, hidden=None, weight=None, ref_logps="pairs", **spec):
     h = (p.hidden if hidden is None else hidden).clone().requires_grad_()
     w = (p.weight if weight is None else weight).clone().requires_grad_()
-    kwargs = dict(dict(ref_logps=p.ref_logps, beta=BETA, sft_weight=ALPHA, discopop_tau=TAU),
-                  **kwargs)
+    ref_logps = p.ref_logps if isinstance(ref_logps, str) else ref_logps
+    spec = dict(dict(beta=BETA, sft_weight=ALPHA, discopop_tau=TAU), **spec)
     chunk = dict(chunk_tokens=16) if impl == "chunked" else {}  # several chunks, the last partial
-    loss, metrics = preference_loss(h, w, p.targets, p.seq_id, impl=impl, **chunk, **kwargs)
+    loss, metrics = preference_loss(h, w, p.targets, p.seq_id, ref_logps, LossSpec(**spec),
+                                    impl=impl, **chunk)
     loss.backward()
     return loss.detach(), metrics, h.grad, w.grad
 
@@ -406,13 +408,16 @@ BAD = [
 def test_bad_loss_arguments(case, fn):
     bad, match = BAD[case]
     p = pairs()
-    args = dict(ref_logps=p.ref_logps, beta=BETA)
+    args = dict(beta=BETA)
     args.update(bad)
+    ref = args.pop("ref_logps", p.ref_logps)
     with pytest.raises(ValueError, match=match):
         if fn == "preference_loss":
-            preference_loss(p.hidden, p.weight, p.targets, p.seq_id, impl="chunked", **args)
+            preference_loss(p.hidden, p.weight, p.targets, p.seq_id, ref, LossSpec(**args),
+                            impl="chunked")
         else:
-            dpo_sft_loss(naive_linear_logprobs(p.hidden, p.weight, p.targets), p.seq_id, **args)
+            dpo_sft_loss(naive_linear_logprobs(p.hidden, p.weight, p.targets), p.seq_id, ref,
+                         LossSpec(**args))
 
 
 def test_reference_free_types_still_work_and_zeros_are_explicit():
@@ -423,10 +428,12 @@ def test_reference_free_types_still_work_and_zeros_are_explicit():
     for t in LOSS_TYPES:
         eps = SMOOTHING.get(t, 0.0)
         ref = torch.zeros(p.n, 2) if t in NEEDS_REFERENCE else None
-        loss, _ = dpo_sft_loss(token, p.seq_id, ref, BETA, 0.0, t, eps)
+        loss, _ = dpo_sft_loss(token, p.seq_id, ref,
+                               LossSpec(beta=BETA, loss_type=t, label_smoothing=eps))
         assert torch.isfinite(loss), t
         # plain SFT (dpo_weight 0) needs no reference whatever the type
-        sft, metrics = dpo_sft_loss(token, p.seq_id, None, BETA, 1.0, t, eps, dpo_weight=0.0)
+        sft, metrics = dpo_sft_loss(token, p.seq_id, None, LossSpec(
+            beta=BETA, sft_weight=1.0, loss_type=t, label_smoothing=eps, dpo_weight=0.0))
         torch.testing.assert_close(sft, metrics["nll_loss"])
 
 
