@@ -450,3 +450,60 @@ def test_discopop_stays_finite_where_trl_product_overflows():
     torch.testing.assert_close(ours_[1:], trl[1:])
     # far below: the logistic part −log σ(βh) ≈ −βh remains
     torch.testing.assert_close(ours_[0], -BETA * h[0].detach())
+
+
+def test_spec_is_one_frozen_validated_object():
+    """LossSpec: hyperparameters as keywords (defaults from LOSSES), read-only, validated when
+    made; an unknown hyperparameter names the nearest one."""
+    import dataclasses
+
+    from tpo_fast.kernels import LOSSES
+
+    spec = LossSpec(beta=BETA, loss_type=["sigmoid", "discopop"], label_smoothing=0.1)
+    assert spec.loss_type == ("sigmoid", "discopop") and spec.loss_weights == (1.0, 1.0)
+    assert dict(spec.hyperparameters) == {"discopop_tau": TAU, "label_smoothing": 0.1}
+    assert spec.label_smoothing == 0.1 and spec.bco_delta is None  # unused: its default
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.beta = 1.0
+    with pytest.raises(TypeError):
+        spec.hyperparameters["label_smoothing"] = 0.2
+    assert spec.replace(beta=0.5).beta == 0.5 and spec.replace(beta=0.5) != spec
+    assert spec.replace() == spec and hash(spec.replace()) == hash(spec)
+    with pytest.raises(ValueError, match="label_smoothing must lie"):
+        spec.replace(label_smoothing=0.7)
+    with pytest.raises(ValueError, match=r"unknown loss hyperparameter 'discopop_ta'; did you "
+                                         r"mean 'discopop_tau'\?"):
+        LossSpec(loss_type="discopop", discopop_ta=0.1)
+    with pytest.raises(ValueError, match="dpo_weight and sft_weight cannot both be 0"):
+        LossSpec(dpo_weight=0.0)
+    with pytest.raises(TypeError, match="spec must be a LossSpec"):
+        dpo_sft_loss(torch.zeros(2), torch.tensor([0, 1]), None, 0.1)
+    # the per-type facts are the registry's
+    assert set(NEEDS_REFERENCE) == {t for t, e in LOSSES.items() if e.needs_reference}
+    assert tuple(LOSSES) == LOSS_TYPES
+
+
+def test_config_keys_come_from_the_registry():
+    """Every hyperparameter of LOSSES is a ``loss.<name>`` config key with the registry's
+    default; LossConfig.spec() is the LossSpec; bad values are ConfigErrors naming the key."""
+    from tpo_fast.config import ConfigError, LossConfig, load_config
+    from tpo_fast.kernels import HYPERPARAMETERS
+
+    base = ["model.tiny=qwen2_vl", "data.train=pairs.jsonl"]
+    assert all(getattr(LossConfig(), name) == hp.default
+               for name, hp in HYPERPARAMETERS.items())
+    cfg = load_config(None, base + ["loss.loss_type=discopop", "loss.discopop_tau=0.2",
+                                    "loss.beta=0.3", "loss.sft_weight=0.5"])
+    assert cfg.loss.spec() == LossSpec(loss_type="discopop", beta=0.3, sft_weight=0.5,
+                                       discopop_tau=0.2)
+    bco = load_config(None, base + ["loss.loss_type=bco_pair", "loss.bco_delta=0.25"])
+    assert bco.loss.spec().bco_delta == 0.25
+    for override, message in (
+            ("loss.discopop_ta=1", r"unknown config key loss.discopop_ta; did you mean "
+                                   r"loss.discopop_tau\?"),
+            ("loss.label_smoothing=0.6", r"loss: label_smoothing must lie in \[0, 0.5\)"),
+            ("loss.discopop_tau=0.1", r"loss: discopop_tau is used by loss_type 'discopop'"),
+            ("loss.beta=0", r"loss: beta must be > 0"),
+            ("loss.reference=live", r"loss.reference must be precomputed, model, none or auto")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, base + [override])
