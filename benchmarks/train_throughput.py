@@ -239,6 +239,7 @@ class Bench:
 
     def __init__(self, shape: dict, frames: int, device: str, dtype):
         from tpo_fast.kernels import LossSpec
+
         from tpo_fast.models import PreferenceModel
         from tpo_fast.train.objective import ReferenceScorer, TPOObjective
 

@@ -48,7 +48,6 @@ def main(family: str, out: str):
 
 def compare(policy, sp, tokenizer, n_pairs, seed):
     from test_models_packed import make_pairs
-
     from tpo_fast.kernels import LossSpec
 
     policy.enable_sequence_parallel(None)

@@ -486,8 +486,9 @@ def test_spec_is_one_frozen_validated_object():
 def test_config_keys_come_from_the_registry():
     """Every hyperparameter of LOSSES is a ``loss.<name>`` config key with the registry's
     default; LossConfig.spec() is the LossSpec; bad values are ConfigErrors naming the key."""
-    from tpo_fast.config import ConfigError, LossConfig, load_config
     from tpo_fast.kernels import HYPERPARAMETERS
+
+    from tpo_fast.config import ConfigError, LossConfig, load_config
 
     base = ["model.tiny=qwen2_vl", "data.train=pairs.jsonl"]
     assert all(getattr(LossConfig(), name) == hp.default

@@ -2,9 +2,10 @@
 
 Fast path: ``PreferenceModel.loss`` — the packed prefix-shared forward + the fused LM-head /
 log-prob / DPO+SFT loss (``tpo_fast.kernels.preference_loss``: Triton on CUDA, the chunked torch
-reference on CPU), the one batch → loss path the drop-ins use too. Slow path (``run.path=slow``, the obvious one, for equality checks): each pair
-as two unpadded rows (prompt + chosen, prompt + rejected) through the stock Hugging Face forward,
-full logits, ``log_softmax``, and the same loss formula on the gathered token log-probs.
+reference on CPU), the one batch → loss path the drop-ins use too. Slow path (``run.path=slow``,
+the obvious one, for equality checks): each pair as two unpadded rows (prompt + chosen, prompt +
+rejected) through the stock Hugging Face forward, full logits, ``log_softmax``, and the same
+loss formula on the gathered token log-probs.
 
 Under ZeRO-3 the LM-head weight (and any parameter a model reads outside its submodules'
 forwards, e.g. LLaVA-OneVision's ``image_newline``) is registered as an external parameter of
