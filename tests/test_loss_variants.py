@@ -499,6 +499,12 @@ def test_config_keys_come_from_the_registry():
                                        discopop_tau=0.2)
     bco = load_config(None, base + ["loss.loss_type=bco_pair", "loss.bco_delta=0.25"])
     assert bco.loss.spec().bco_delta == 0.25
+    from tpo_fast.train.reference import reference_kind
+
+    anchored = load_config(None, base + ["loss.loss_type=nca_pair", "loss.reference=none"])
+    with pytest.raises(ConfigError, match="loss.reference=none but loss_type 'nca_pair' needs"):
+        reference_kind(anchored, has_ref_logps=True)
+    assert reference_kind(bco, has_ref_logps=True) == "precomputed"
     for override, message in (
             ("loss.discopop_ta=1", r"unknown config key loss.discopop_ta; did you mean "
                                    r"loss.discopop_tau\?"),
