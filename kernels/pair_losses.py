@@ -25,6 +25,9 @@ ones except IPO):
 * ``apo_down``  σ(βc) + 1 − σ(βh)
 * ``discopop``  −log σ(βh)·(1 − σ(βh/τ)) + exp(−βh)·σ(βh/τ) (the last product taken as
   exp(log σ(βh/τ) − βh): equal where TRL's is finite, finite where TRL's is inf · 0)
+* ``dpop``      −log σ(β(h − λ·max(0, −c))), λ = ``dpop_lambda`` (DPO-Positive, Pal et al. 2024,
+  arXiv 2402.13228, eq. 3: the chosen response's log-prob falling below the reference's is
+  penalised; not in TRL; PaddleNLP's ``dpop``; default λ = 50, the paper's)
 
 Each loss type is one entry of ``LOSSES`` (a ``LossType``: its per-pair function, whether it
 needs a reference, its hyperparameters with defaults and checks, whether its rewards are
@@ -34,7 +37,7 @@ from ``LOSSES``. Adding a loss type is adding one entry here: the kernels, ``Los
 config (``loss.<hyperparameter>=value``) and the trainer take it from the registry.
 
 ``NEEDS_REFERENCE``: the types whose loss depends on c and r separately, not only on h
-(nca_pair, bco_pair, sppo_hard, apo_zero, apo_down). They are anchored to the reference, so
+(nca_pair, bco_pair, sppo_hard, apo_zero, apo_down, dpop). They are anchored to the reference, so
 they refuse ``ref_logps=None`` (unless ``dpo_weight=0``); pass zeros explicitly for Liger's
 ``use_ref_model=False``.
 
@@ -228,6 +231,15 @@ def _discopop(c, r, lengths, beta, discopop_tau):
             + torch.exp(F.logsigmoid(x / discopop_tau) - x))
 
 
+def _dpop(c, r, lengths, beta, dpop_lambda):
+    return -F.logsigmoid(beta * (c - r - dpop_lambda * torch.relu(-c)))
+
+
+def _dpop_lambda(value) -> str | None:
+    return _number("dpop_lambda", value) or (
+        None if value >= 0 else f"dpop_lambda must be >= 0; got {value}")
+
+
 LOSSES: Mapping[str, LossType] = MappingProxyType({t.name: t for t in (
     LossType("sigmoid", _sigmoid, hyperparameters=(LABEL_SMOOTHING,)),
     LossType("ipo", _ipo, length_averaged=True),
@@ -243,6 +255,8 @@ LOSSES: Mapping[str, LossType] = MappingProxyType({t.name: t for t in (
     LossType("apo_down", _apo_down, needs_reference=True),
     LossType("discopop", _discopop, hyperparameters=(
         Hyperparameter("discopop_tau", 0.05, _positive("discopop_tau")),)),
+    LossType("dpop", _dpop, needs_reference=True, hyperparameters=(
+        Hyperparameter("dpop_lambda", 50.0, _dpop_lambda),)),
 )})
 
 LOSS_TYPES = tuple(LOSSES)
