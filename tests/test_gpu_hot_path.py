@@ -96,7 +96,7 @@ def _pinned_on_cuda(ix, backend):
 def test_attention_and_loss_do_not_sync(backend):
     """Building PackedAttention from pinned host indices, the attention, the fused loss (with
     check_inputs=False, the hot path's setting) and the backward: no host sync."""
-    from tpo_fast.kernels import preference_loss
+    from tpo_fast.kernels import LossSpec, preference_loss
 
     if backend not in available_backends("cuda"):
         pytest.skip(f"{backend} not available")
@@ -114,8 +114,9 @@ def test_attention_and_loss_do_not_sync(backend):
         hidden = out.reshape(ix.num_tokens, -1).index_select(
             0, logit_index.to("cuda", non_blocking=True))
         loss, _ = preference_loss(hidden, weight, targets.to("cuda", non_blocking=True),
-                                  seq_id.to("cuda", non_blocking=True), None, beta=0.1,
-                                  sft_weight=0.5, num_pairs=n, check_inputs=False)
+                                  seq_id.to("cuda", non_blocking=True), None,
+                                  LossSpec(beta=0.1, sft_weight=0.5), num_pairs=n,
+                                  check_inputs=False)
         loss.backward()
         return loss
 
@@ -128,7 +129,7 @@ def test_attention_and_loss_do_not_sync(backend):
 def test_a_whole_micro_step_does_not_sync():
     """A tiny LLaVA-OneVision policy: pack on the host, pin, non-blocking copy, vision tower,
     packed forward, fused DPO+SFT loss, backward, all under sync_debug_mode("error")."""
-    from tpo_fast.kernels import preference_loss
+    from tpo_fast.kernels import LossSpec, preference_loss
 
     from tpo_fast.data.packer import PairPacker
     from tpo_fast.models import PreferenceModel
@@ -151,8 +152,9 @@ def test_a_whole_micro_step_does_not_sync():
         batch = batch.to(policy.device, non_blocking=True)
         hidden = policy.hidden_states(batch)
         loss, _ = preference_loss(hidden, policy.lm_head_weight(), batch.target_ids,
-                                  batch.seq_id, batch.ref_logps, beta=0.1, sft_weight=0.5,
-                                  num_pairs=batch.n_pairs, check_inputs=False)
+                                  batch.seq_id, batch.ref_logps,
+                                  LossSpec(beta=0.1, sft_weight=0.5), num_pairs=batch.n_pairs,
+                                  check_inputs=False)
         loss.backward()
         return loss
 

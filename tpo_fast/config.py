@@ -87,17 +87,54 @@ class DataConfig:
     max_pixels: int | None = None
 
 
+def _loss_hyperparameters(cls):
+    """One field per hyperparameter of the loss registry (``tpo_fast.kernels.LOSSES``: e.g.
+    ``label_smoothing``, ``discopop_tau``), with its default and type, added to ``LossConfig``
+    before it becomes a dataclass: a new loss hyperparameter needs no edit here."""
+    from tpo_fast.kernels.pair_losses import HYPERPARAMETERS
+
+    for name, hp in HYPERPARAMETERS.items():
+        if not isinstance(hp.default, (bool, int, float, str, type(None))):
+            raise TypeError(f"loss hyperparameter {name}: a config default must be a YAML "
+                            f"scalar; got {hp.default!r}")
+        cls.__annotations__[name] = hp.annotation
+        setattr(cls, name, hp.default)
+    return cls
+
+
 @dataclass
+@_loss_hyperparameters
 class LossConfig:
+    """The ``loss:`` section: ``spec()`` is the ``tpo_fast.kernels.LossSpec`` it describes,
+    checked when the section is built (``ConfigError`` naming ``loss.<field>``). Besides the
+    fields below, every hyperparameter of ``tpo_fast.kernels.LOSSES`` is a key
+    (``loss.label_smoothing``, ``loss.discopop_tau``, ...; its default from the registry)."""
+
     beta: float = 0.1
     sft_weight: float = 0.0  # α: weight of the chosen responses' token-mean NLL (TPO)
     dpo_weight: float = 1.0  # 0 with sft_weight > 0: plain SFT on the chosen responses
     # one of tpo_fast.kernels.LOSS_TYPES, or a list of them mixed with loss_weights (TRL's)
     loss_type: str | list[str] = "sigmoid"
     loss_weights: list[float] | None = None  # one per listed loss type; default 1 each
-    label_smoothing: float = 0.0  # sigmoid (cDPO), robust, exo_pair
-    discopop_tau: float = 0.05
     reference: str = "auto"  # precomputed | model | none | auto (precomputed if present)
+
+    def __post_init__(self):
+        if self.reference not in ("precomputed", "model", "none", "auto"):
+            raise ConfigError(f"loss.reference must be precomputed, model, none or auto, got "
+                              f"{self.reference!r}")
+        self.spec()
+
+    def spec(self):
+        """The ``tpo_fast.kernels.LossSpec`` of this section (ConfigError when invalid)."""
+        from tpo_fast.kernels.pair_losses import HYPERPARAMETERS, LossSpec
+
+        try:
+            return LossSpec(loss_type=self.loss_type, loss_weights=self.loss_weights,
+                            beta=self.beta, sft_weight=self.sft_weight,
+                            dpo_weight=self.dpo_weight,
+                            **{name: getattr(self, name) for name in HYPERPARAMETERS})
+        except ValueError as exc:
+            raise ConfigError(f"loss: {exc}") from None
 
 
 @dataclass
@@ -174,15 +211,6 @@ class TrainConfig:
              f"data.decode_device must be auto, cpu, cuda or cuda:N, got "
              f"{self.data.decode_device!r}"),
             (self.data.video_threads >= 1, "data.video_threads must be >= 1"),
-            (self.loss.beta > 0, "loss.beta must be > 0"),
-            (self.loss.sft_weight >= 0, "loss.sft_weight must be >= 0"),
-            (self.loss.dpo_weight >= 0, "loss.dpo_weight must be >= 0"),
-            (self.loss.dpo_weight > 0 or self.loss.sft_weight > 0,
-             "loss.dpo_weight and loss.sft_weight cannot both be 0"),
-            (_loss_mix_error(self.loss) is None, f"loss: {_loss_mix_error(self.loss)}"),
-            (0 <= self.loss.label_smoothing < 0.5, "loss.label_smoothing must be in [0, 0.5)"),
-            (self.loss.reference in ("precomputed", "model", "none", "auto"),
-             "loss.reference must be precomputed, model, none or auto"),
             (self.optim.lr > 0, "optim.lr must be > 0"),
             (self.optim.epochs >= 1, "optim.epochs must be >= 1"),
             (self.optim.global_batch_size >= 1, "optim.global_batch_size must be >= 1"),
@@ -212,20 +240,6 @@ def _data_formats() -> tuple[str, ...]:
     from tpo_fast.data.formats import FORMATS
 
     return ("auto", *FORMATS)
-
-
-def _loss_mix_error(loss: LossConfig) -> str | None:
-    """Why loss_type / loss_weights / label_smoothing / discopop_tau cannot be used together,
-    or None (the kernels' own checks, ``tpo_fast.kernels.LOSS_TYPES``)."""
-    from tpo_fast.kernels.pair_losses import check_loss_args, loss_mix
-
-    try:
-        types, _ = loss_mix(loss.loss_type, loss.loss_weights)
-        # beta is checked on its own line; the reference is known at the first step
-        check_loss_args(1.0, types, loss.label_smoothing, loss.discopop_tau, True, None)
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 def _hints(cls) -> dict:

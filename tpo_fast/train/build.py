@@ -224,7 +224,7 @@ def _engine(cfg: TrainConfig, ds_config: dict, policy, total_steps: int, lora_re
 
     from tpo_fast.train.objective import TPOObjective
 
-    objective = TPOObjective(policy, cfg.loss, cfg.run.path, lora_reference=lora_reference,
+    objective = TPOObjective(policy, cfg.loss.spec(), cfg.run.path, lora_reference=lora_reference,
                              replay=replay)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.adam_betas),

@@ -35,6 +35,11 @@ def reference_kind(cfg: TrainConfig, has_ref_logps: bool) -> str:
         kind = "none"  # plain SFT: the DPO term (and so the reference) is unused
     if kind == "auto":
         kind = "precomputed" if has_ref_logps else "model"
+    anchored = cfg.loss.spec().needs_reference
+    if kind == "none" and anchored:
+        raise ConfigError(f"loss.reference=none but loss_type {anchored[0]!r} needs a reference "
+                          "(its loss depends on each response's log-ratio to it): use "
+                          "loss.reference=precomputed or model")
     if kind == "precomputed" and not has_ref_logps:
         raise ConfigError("loss.reference=precomputed but some pairs have no ref_logps; run "
                           "`tpo-fast ref-logps` first or set loss.reference=model")
