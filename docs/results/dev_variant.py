@@ -3,15 +3,27 @@
 """Dev-seed recipe variant: reuse data/init/base (and curate, unless a curation key changes) of
 a source run, train tpo (or control) with demo overrides, evaluate only the new model.
 usage: dev_variant.py SRC NAME [--control] [--curate-only] key=value..."""
-import json, os, sys, time
+import json
+import os
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from tpo_fast.config import build_config, read_config_tree
-from tpo_fast.demo import (DemoConfig, _evaluate, _jsonl, pair_quality, rejected_names_first,
-                           stage_control, stage_curate, stage_tpo, summary_of)
+from tpo_fast.demo import (
+    DemoConfig,
+    _evaluate,
+    _jsonl,
+    pair_quality,
+    rejected_names_first,
+    stage_control,
+    stage_curate,
+    stage_tpo,
+    summary_of,
+)
 
 src, name, *rest = sys.argv[1:]
 control, curate_only = "--control" in rest, "--curate-only" in rest
