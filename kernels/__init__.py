@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from .pair_losses import LOSS_TYPES, NEEDS_REFERENCE, RunningRewardMean, pair_losses
 from .preference_loss import dpo_sft_loss, linear_logprobs, preference_loss
-from .reference import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
+from .naive import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
 
 _TRITON_EXPORTS = ("fused_linear_logprobs", "FusedLinearLogProbs", "linear_logprobs_fwd",
                    "linear_logprobs_bwd")

@@ -40,7 +40,7 @@ import torch
 from ._checks import FLOAT_DTYPES
 from ._checks import check_inputs as check
 from .pair_losses import RunningRewardMean, check_loss_args, loss_mix, pair_losses
-from .reference import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
+from .naive import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
 
 IMPLS = ("auto", "triton", "chunked", "naive")
 

@@ -11,7 +11,7 @@ from tpo_fast.attention import (
     available_backends,
     register,
 )
-from tpo_fast.attention.reference import prefix_shared_attention_reference
+from tpo_fast.attention.naive import prefix_shared_attention_reference
 from tpo_fast.models.tiny import tiny_model, tiny_tokenizer
 from tpo_fast.packing import build_indices
 

@@ -22,7 +22,7 @@ import torch
 
 from tpo_fast.attention import PackedAttention, backends
 from tpo_fast.attention.block_mask import BLOCK_SIZE, bucketed_length
-from tpo_fast.attention.reference import prefix_shared_attention_reference
+from tpo_fast.attention.naive import prefix_shared_attention_reference
 from tpo_fast.packing import build_indices
 
 

@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from tpo_fast.attention import PackedAttention, backends
-from tpo_fast.attention.reference import prefix_shared_attention_reference
+from tpo_fast.attention.naive import prefix_shared_attention_reference
 from tpo_fast.packing import build_indices
 
 SIGNATURES = Path(__file__).with_name("flash_signatures.json")

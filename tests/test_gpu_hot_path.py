@@ -18,7 +18,7 @@ import torch
 
 from tpo_fast.attention import PackedAttention, available_backends
 from tpo_fast.attention.backends import FLASH_INTERFACES, load_flash_varlen
-from tpo_fast.attention.reference import prefix_shared_attention_reference
+from tpo_fast.attention.naive import prefix_shared_attention_reference
 from tpo_fast.packing import build_indices
 
 pytestmark = pytest.mark.gpu

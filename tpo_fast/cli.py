@@ -26,7 +26,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     prompt, chosen, rejected = synthetic_lengths(args.pairs, seed=args.seed)
     backend = get_backend(args.backend).__name__
-    backend = "reference" if backend.endswith("reference") else "native"
+    backend = "reference" if backend.endswith("naive") else "native"
     start = time.perf_counter()
     plan = plan_bins(prompt, chosen, rejected, args.token_budget, args.world_size, args.seed,
                      epoch=args.epoch, drop_overlong=args.drop_overlong, backend=args.backend)

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from tpo_fast.packing import reference
+from tpo_fast.packing import naive
 
 _native: types.ModuleType | None = None
 _native_error: str | None = None
@@ -34,7 +34,7 @@ def get_backend(name: str = "auto"):
     """The module that implements plan_bins/build_indices: "auto", "native" or "reference"."""
     global _warned
     if name == "reference":
-        return reference
+        return naive
     if name not in ("auto", "native"):
         raise ValueError(
             f"unknown packing backend {name!r}; choose 'auto', 'native' or 'reference'"
@@ -52,7 +52,7 @@ def get_backend(name: str = "auto"):
             stacklevel=3,
         )
         _warned = True
-    return reference
+    return naive
 
 
 def as_lengths(values, name: str, expect: int | None = None) -> np.ndarray:
