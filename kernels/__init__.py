@@ -16,7 +16,7 @@ The op: fused LM head + log-prob gather + DPO/SFT loss for packed preference pai
 * ``fused_linear_logprobs`` / ``FusedLinearLogProbs`` — the Triton path
   (``fused_logprobs.py``: kernels, launchers, autograd.Function, functional).
 * ``chunked_linear_logprobs`` / ``naive_linear_logprobs`` — the torch references
-  (``reference.py``; naive is for tests and benchmarks only).
+  (``naive.py``; ``naive_linear_logprobs`` is for tests and benchmarks only).
 
 Environment variables (all of them, for this package):
 

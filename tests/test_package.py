@@ -52,7 +52,7 @@ def test_missing_extension_falls_back_with_one_warning():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "False 1 2"
-    assert "tpo_fast._C is not built; packing uses the numpy reference" in lines[1]
+    assert "tpo_fast._C is not built; packing uses the numpy oracle" in lines[1]
     assert lines[2].startswith("ImportError: tpo_fast._C is not built")
 
 

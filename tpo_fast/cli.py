@@ -16,7 +16,7 @@ def _add_plan_args(p: argparse.ArgumentParser, pairs: int, world_size: int) -> N
     p.add_argument("--epoch", type=int, default=0)
     p.add_argument("--drop-overlong", action="store_true",
                    help="skip pairs over the token budget instead of failing")
-    p.add_argument("--backend", choices=("auto", "native", "reference"), default="auto")
+    p.add_argument("--backend", choices=("auto", "native", "naive"), default="auto")
     p.add_argument("--json", metavar="PATH", help="also write the summary as JSON")
 
 
@@ -26,7 +26,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     prompt, chosen, rejected = synthetic_lengths(args.pairs, seed=args.seed)
     backend = get_backend(args.backend).__name__
-    backend = "reference" if backend.endswith("naive") else "native"
+    backend = "naive" if backend.endswith("naive") else "native"
     start = time.perf_counter()
     plan = plan_bins(prompt, chosen, rejected, args.token_budget, args.world_size, args.seed,
                      epoch=args.epoch, drop_overlong=args.drop_overlong, backend=args.backend)

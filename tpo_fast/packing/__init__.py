@@ -2,7 +2,7 @@
 
 ``plan_bins`` assigns pairs to micro-batches and ranks; ``build_indices`` and ``pack_pairs``
 build one micro-batch. Both run in the native extension ``tpo_fast._C`` when it is built and
-in the numpy reference (``tpo_fast.packing.reference``) otherwise.
+in the numpy oracle (``tpo_fast.packing.naive``) otherwise.
 """
 
 from tpo_fast.packing.backend import get_backend, native_available
