@@ -17,7 +17,8 @@ import tempfile
 import numpy as np
 
 from benchmarks.harness import timed, write_result
-from tpo_fast.packing import build_indices, plan_bins, synthetic_lengths
+from tpo_fast.packing import build_indices, plan_bins
+from tpo_fast.synthetic.packing import synthetic_lengths
 
 TARGETS = {"speedup": (">=", 20.0), "fill": (">=", 0.95), "imbalance": ("<=", 1.05)}
 PLAN_FIELDS = ("bin_offsets", "pair_index", "bin_tokens", "bin_cost", "bin_padding", "dropped")

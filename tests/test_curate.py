@@ -22,7 +22,7 @@ from tpo_fast.curate.manifest import Span, read_inputs
 from tpo_fast.curate.mix import mix_counts
 from tpo_fast.curate.pipeline import STAGES, Curator, InjectedCrash, run_curation
 from tpo_fast.curate.store import StageWriter, iter_records, read_stage
-from tpo_fast.curate.synthetic import make_synthetic_videos
+from tpo_fast.synthetic.curate import make_synthetic_videos
 from tpo_fast.curate.tasks import parse_judgement, parse_question
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tpo_fast.data.synthetic import write_video
+from tpo_fast.synthetic.pairs import write_video
 from tpo_fast.eval.cli import main
 
 

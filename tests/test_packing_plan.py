@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tpo_fast import _C
-from tpo_fast.packing import plan_bins, synthetic_lengths
+from tpo_fast.packing import plan_bins
+from tpo_fast.synthetic.packing import synthetic_lengths
 
 FIELDS = ("bin_offsets", "pair_index", "bin_tokens", "bin_cost", "bin_padding", "dropped")
 BACKENDS = ("native", "naive")

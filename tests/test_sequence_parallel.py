@@ -202,7 +202,7 @@ EQUAL = ["model.tiny=null", "optim.global_batch_size=48", "optim.epochs=3", "opt
 
 @pytest.fixture(scope="module")
 def sp_folders(tmp_path_factory):
-    from tpo_fast.data.synthetic import make_pairs
+    from tpo_fast.synthetic.pairs import make_pairs
     from tpo_fast.models.tiny_folders import save_tiny_model
 
     root = tmp_path_factory.mktemp("sp")

@@ -8,7 +8,6 @@ in the numpy oracle (``tpo_fast.packing.naive``) otherwise.
 from tpo_fast.packing.backend import get_backend, native_available
 from tpo_fast.packing.batch import PackedBatch, PackedIndices, build_indices, pack_pairs
 from tpo_fast.packing.planner import DEFAULT_QK_PER_TOKEN, PackingPlan, plan_bins
-from tpo_fast.packing.synthetic import synthetic_lengths
 
 __all__ = [
     "DEFAULT_QK_PER_TOKEN",
@@ -20,5 +19,4 @@ __all__ = [
     "native_available",
     "pack_pairs",
     "plan_bins",
-    "synthetic_lengths",
 ]

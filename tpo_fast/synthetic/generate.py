@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tpo_fast.data.synthetic import write_video
+from tpo_fast.synthetic.pairs import write_video
 from tpo_fast.synthetic.questions import Question, make_questions
 from tpo_fast.synthetic.scene import Scene, plan_scene, render
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tpo_fast.data.synthetic import COLOURS, write_video
+from tpo_fast.synthetic.pairs import COLOURS, write_video
 
 
 def _events_video(rng: np.random.Generator, n_frames: int, size: int, fps: float,
