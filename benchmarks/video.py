@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.harness import timed, write_result
+from tpo_fast.synthetic.videos import frame_number, write_index_video
 from tpo_fast.video import FramePlan, decode, decode_many, preprocess_video, probe
 from tpo_fast.video.dali_backend import dali_available
-from tpo_fast.synthetic.videos import frame_number, write_index_video
 
 FULL = dict(seconds=60, width=1280, height=720, fps=30, frames=32, reps=5)
 SMOKE = dict(seconds=2, width=160, height=96, fps=10, frames=8, reps=1)

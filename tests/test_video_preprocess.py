@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tpo_fast.synthetic.videos import write_index_video
 from tpo_fast.video import load_video_inputs, preprocess_video
 from tpo_fast.video.preprocess import smart_resize
-from tpo_fast.synthetic.videos import write_index_video
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 # OpenAI CLIP normalisation, written out here (not imported) so a wrong constant fails.
