@@ -337,8 +337,8 @@ def test_injected_crashes_then_restart_give_the_same_pairs(tmp_path, videos,
                                                           crash_after_batches):
     ref_out = tmp_path / "ref"
     run_curation(annotation_cfg(videos, ref_out))
-    reference = _final(ref_out)
-    assert len(reference) >= 4
+    uninterrupted = _final(ref_out)
+    assert len(uninterrupted) >= 4
     out = tmp_path / "crashy"
     for after in (1, 2, 3, 5, 8):  # each run crashes partway, in a later stage each time
         crash_after_batches(after)
@@ -349,7 +349,7 @@ def test_injected_crashes_then_restart_give_the_same_pairs(tmp_path, videos,
     assert done.get("responses", 0) > 0  # the crashes reached the later stages
     crash_after_batches(0)
     run_curation(annotation_cfg(videos, out))
-    assert _final(out) == reference
+    assert _final(out) == uninterrupted
     for stage, ids in stage_ids(out).items():
         assert len(ids) == len(set(ids)), f"duplicate records in stage {stage}"
     assert set(stage_ids(out)) == set(STAGES)
