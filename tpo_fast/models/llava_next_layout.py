@@ -241,7 +241,6 @@ def load_tensors(model: nn.Module, folder: Path, files: dict[str, Path],
         handles.clear()
 
 
-# ---- writing -------------------------------------------------------------------------------
 def tower_config(config_class, tower: str, vision_config, llava: dict, derived: dict,
                  known: dict):
     """The vision tower's config (``config_class``: CLIP's or SigLIP's ``...VisionConfig``):
@@ -301,6 +300,7 @@ def load_checkpoint(path, *, name: str, model_types, config_class, model_class,
     return model.eval()
 
 
+# ---- writing -------------------------------------------------------------------------------
 def write_folder(model: nn.Module, path, config: dict, *, tokenizer=None, dtype=None,
                  max_shard_bytes: int = DEFAULT_SHARD_BYTES, state_dict: dict | None = None,
                  overwrite: bool = False) -> Path:
