@@ -1,13 +1,13 @@
 """tpo_fast.kernels: Triton kernels with their launchers, autograd Functions and plain-torch
-references. Self-contained: depends on torch and triton only (installed from the top-level
+paths (``naive.py``). Self-contained: depends on torch and triton only (installed from the top-level
 ``kernels/`` folder as ``tpo_fast.kernels``). triton is imported only when the Triton path is
-used (lazily), so the torch references work without it.
+used (lazily), so the torch paths work without it.
 
 The op: fused LM head + log-prob gather + DPO/SFT loss for packed preference pairs.
 
 * ``preference_loss(hidden, weight, target_ids, seq_id, ref_logps, beta, sft_weight,
   loss_type, label_smoothing, *, num_pairs, dpo_normalizer, sft_normalizer, impl, ...)``
-  -> ``(loss, metrics)`` — Triton on CUDA tensors, the chunked torch reference otherwise
+  -> ``(loss, metrics)`` — Triton on CUDA tensors, the chunked torch path otherwise
   (``preference_loss.py``). ``loss_type``: one of ``LOSS_TYPES`` or a weighted list of them
   (``loss_weights``); the per-pair formulas, ``NEEDS_REFERENCE`` and BCO's
   ``RunningRewardMean`` are in ``pair_losses.py``.
@@ -15,7 +15,7 @@ The op: fused LM head + log-prob gather + DPO/SFT loss for packed preference pai
 * ``linear_logprobs(hidden, weight, target_ids, impl=...)`` — token log-probs only.
 * ``fused_linear_logprobs`` / ``FusedLinearLogProbs`` — the Triton path
   (``fused_logprobs.py``: kernels, launchers, autograd.Function, functional).
-* ``chunked_linear_logprobs`` / ``naive_linear_logprobs`` — the torch references
+* ``chunked_linear_logprobs`` / ``naive_linear_logprobs`` — the torch paths
   (``naive.py``; ``naive_linear_logprobs`` is for tests and benchmarks only).
 
 Environment variables (all of them, for this package):
