@@ -29,9 +29,9 @@ Environment variables (all of them, for this package):
 
 from __future__ import annotations
 
+from .naive import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
 from .pair_losses import LOSS_TYPES, NEEDS_REFERENCE, RunningRewardMean, pair_losses
 from .preference_loss import dpo_sft_loss, linear_logprobs, preference_loss
-from .naive import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
 
 _TRITON_EXPORTS = ("fused_linear_logprobs", "FusedLinearLogProbs", "linear_logprobs_fwd",
                    "linear_logprobs_bwd")

@@ -39,8 +39,8 @@ import torch
 
 from ._checks import FLOAT_DTYPES
 from ._checks import check_inputs as check
-from .pair_losses import RunningRewardMean, check_loss_args, loss_mix, pair_losses
 from .naive import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
+from .pair_losses import RunningRewardMean, check_loss_args, loss_mix, pair_losses
 
 IMPLS = ("auto", "triton", "chunked", "naive")
 
@@ -52,7 +52,8 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target_ids: torc
     """Token log-probs ``log_softmax(hidden @ weight.T)[n, target_ids[n]]``, fp32 [N].
 
     impl: "auto" (Triton on CUDA tensors, else "chunked"), "triton", "chunked" (the torch
-    path of ``naive.py``, ``chunk_tokens`` per chunk) or "naive" (full logits; tests and benchmarks only).
+    path of ``naive.py``, ``chunk_tokens`` per chunk) or "naive" (full logits; tests and
+    benchmarks only).
     skip_eps, configs: Triton path only (see ``fused_linear_logprobs``)."""
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")
