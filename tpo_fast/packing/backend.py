@@ -46,8 +46,8 @@ def get_backend(name: str = "auto"):
         raise ImportError(f"tpo_fast._C is not built ({_native_error}); run `pip install -e .`")
     if not _warned:
         warnings.warn(
-            "tpo_fast._C is not built; packing uses the numpy oracle (tpo_fast.packing.naive), which is much slower "
-            f"({_native_error}). Build it with `pip install -e .`.",
+            "tpo_fast._C is not built; packing uses the numpy oracle (tpo_fast.packing.naive), "
+            f"which is much slower ({_native_error}). Build it with `pip install -e .`.",
             RuntimeWarning,
             stacklevel=3,
         )
