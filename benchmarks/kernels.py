@@ -14,7 +14,7 @@ the same hidden states, weight and targets:
 * ``fused_triton`` — ``preference_loss(impl="triton")`` (``num_pairs`` given, ``check_inputs``
   off: the trainer's no-sync path);
 * ``naive`` — full [N, V] logits, fp32 log_softmax, gather (what DPO trainers do);
-* ``chunked`` — the package's chunked torch reference, per-chunk steps through
+* ``chunked`` — the package's chunked torch path (``kernels/naive.py``), per-chunk steps through
   ``torch.compile`` on CUDA (eager in the smoke run);
 * ``liger`` — Liger-Kernel's ``LigerFusedLinearDPOLoss`` (``use_ref_model=False``,
   ``compute_nll_loss=True``, ``alpha`` = α, sum log-probs, its default chunking), fed the same

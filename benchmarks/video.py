@@ -5,7 +5,7 @@
     python -m benchmarks.video --gpu           # with CUDA: DALI GPU (NVDEC) vs PyAV, 16 threads,
                                                # decoding + preprocessing (unvalidated here)
 
-Test videos are synthetic (``tpo_fast.video.synthetic``: every frame shows its index over a
+Test videos are synthetic (``tpo_fast.synthetic.videos``: every frame shows its index over a
 moving texture) and written once with PyAV into ``--cache-dir``: H.264 (B-frames) in .mp4 and VP9
 (realtime, cpu-used 8) in .webm, a keyframe every 2 s. Plans: ``uniform(32)``, ``segment`` and
 ``complement`` of the 20-40 % window, ``incomplete`` of it, ``downsample(32, 2)``. Each measured
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.harness import timed, write_result
+from tpo_fast.synthetic.videos import frame_number, write_index_video
 from tpo_fast.video import FramePlan, decode, decode_many, preprocess_video, probe
 from tpo_fast.video.dali_backend import dali_available
-from tpo_fast.video.synthetic import frame_number, write_index_video
 
 FULL = dict(seconds=60, width=1280, height=720, fps=30, frames=32, reps=5)
 SMOKE = dict(seconds=2, width=160, height=96, fps=10, frames=8, reps=1)

@@ -1,13 +1,13 @@
 """tpo_fast.kernels: Triton kernels with their launchers, autograd Functions and plain-torch
-references. Self-contained: depends on torch and triton only (installed from the top-level
+paths (``naive.py``). Self-contained: depends on torch and triton only (installed from the top-level
 ``kernels/`` folder as ``tpo_fast.kernels``). triton is imported only when the Triton path is
-used (lazily), so the torch references work without it.
+used (lazily), so the torch paths work without it.
 
 The op: fused LM head + log-prob gather + DPO/SFT loss for packed preference pairs.
 
 * ``preference_loss(hidden, weight, target_ids, seq_id, ref_logps, spec, *, num_pairs,
   dpo_normalizer, sft_normalizer, impl, ...)`` -> ``(loss, metrics)`` — Triton on CUDA
-  tensors, the chunked torch reference otherwise (``preference_loss.py``).
+  tensors, the chunked torch path otherwise (``preference_loss.py``).
 * ``LossSpec(loss_type=..., loss_weights=..., beta=..., sft_weight=..., dpo_weight=...,
   **hyperparameters)`` — what to optimise, one frozen object validated once; ``LOSSES`` — the
   registry of loss types (per-pair formula, needs a reference, hyperparameters);
@@ -18,8 +18,8 @@ The op: fused LM head + log-prob gather + DPO/SFT loss for packed preference pai
 * ``linear_logprobs(hidden, weight, target_ids, impl=...)`` — token log-probs only.
 * ``fused_linear_logprobs`` / ``FusedLinearLogProbs`` — the Triton path
   (``fused_logprobs.py``: kernels, launchers, autograd.Function, functional).
-* ``chunked_linear_logprobs`` / ``naive_linear_logprobs`` — the torch references
-  (``reference.py``; naive is for tests and benchmarks only).
+* ``chunked_linear_logprobs`` / ``naive_linear_logprobs`` — the torch paths
+  (``naive.py``; ``naive_linear_logprobs`` is for tests and benchmarks only).
 
 Environment variables (all of them, for this package):
 
@@ -32,6 +32,7 @@ Environment variables (all of them, for this package):
 
 from __future__ import annotations
 
+from .naive import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
 from .pair_losses import (
     HYPERPARAMETERS,
     LOSS_TYPES,
@@ -44,7 +45,6 @@ from .pair_losses import (
     pair_losses,
 )
 from .preference_loss import dpo_sft_loss, linear_logprobs, preference_loss
-from .reference import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
 
 _TRITON_EXPORTS = ("fused_linear_logprobs", "FusedLinearLogProbs", "linear_logprobs_fwd",
                    "linear_logprobs_bwd")

@@ -1,7 +1,7 @@
 """Per-pair preference losses on sequence log-ratios (plain torch, a few [n]-sized ops).
 
 Shared by every path of ``preference_loss`` / ``dpo_sft_loss``: the Triton kernels and the
-chunked torch reference compute the token log-probs (and, through autograd, take the upstream
+chunked torch path compute the token log-probs (and, through autograd, take the upstream
 gradient dL/dlogp back into the fused LM-head backward); the loss over the [n, 2] sequence
 log-probs is this file, so every loss type has the same formula, and the same gradient
 w.r.t. hidden and weight, on every path.

@@ -1,8 +1,8 @@
 """TPO / DPO loss on packed response tokens: fused LM head + log-prob gather + DPO/SFT loss.
 
 ``preference_loss(hidden, weight, target_ids, seq_id, ref_logps, spec)`` computes token
-log-probs with the fused Triton kernels (CUDA tensors) or the chunked torch reference
-(otherwise), sums them per sequence, and applies the preference loss on the
+log-probs with the fused Triton kernels (CUDA tensors) or the chunked torch path
+(otherwise; ``naive.py``), sums them per sequence, and applies the preference loss on the
 [n, 2] sequence log-probs in torch (a few [2n]-sized ops). Sequence ``2i`` holds the chosen
 tokens of pair ``i`` and ``2i + 1`` its rejected tokens (DESIGN.md, PackedBatch), in any order
 and of any lengths; every pair needs at least one chosen and one rejected token.
@@ -39,8 +39,8 @@ import torch
 
 from ._checks import FLOAT_DTYPES
 from ._checks import check_inputs as check
+from .naive import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
 from .pair_losses import LossSpec
-from .reference import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
 
 IMPLS = ("auto", "triton", "chunked", "naive")
 
@@ -52,7 +52,8 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target_ids: torc
     """Token log-probs ``log_softmax(hidden @ weight.T)[n, target_ids[n]]``, fp32 [N].
 
     impl: "auto" (Triton on CUDA tensors, else "chunked"), "triton", "chunked" (the torch
-    reference, ``chunk_tokens`` per chunk) or "naive" (full logits; tests and benchmarks only).
+    path of ``naive.py``, ``chunk_tokens`` per chunk) or "naive" (full logits; tests and
+    benchmarks only).
     skip_eps, configs: Triton path only (see ``fused_linear_logprobs``)."""
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")

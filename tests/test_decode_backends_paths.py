@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tpo_fast.config import load_config
-from tpo_fast.data.synthetic import make_pairs
+from tpo_fast.synthetic.pairs import make_pairs
 from tpo_fast.video import FramePlan, decode_counts, probe, reset_decode_counts
 from tpo_fast.video.dali_backend import dali_available
 
@@ -232,8 +232,8 @@ def test_dali_gpu_frames_are_pyavs_frames(tmp_path, codec):
     """Same frames (the index each frame shows) and pixels within twice the colour-conversion
     difference measured between DALI's CPU decoder and PyAV on these VP9 videos (CPU,
     2026-12: mean 0.53-0.89 levels, 99th percentile 1-2, max 2)."""
+    from tpo_fast.synthetic.videos import frame_number, write_index_video
     from tpo_fast.video import decode
-    from tpo_fast.video.synthetic import frame_number, write_index_video
 
     path = write_index_video(tmp_path / f"i.{'mp4' if codec == 'h264' else 'webm'}", 40,
                              codec=codec, gop=8, texture=True)
@@ -252,8 +252,8 @@ def test_dali_gpu_frames_are_pyavs_frames(tmp_path, codec):
 def test_pyav_frames_reach_the_gpu_as_uint8_and_are_normalised_there(tmp_path, monkeypatch):
     """backend=pyav with a CUDA device: the uint8 frames are pinned and copied (not the float
     pixels), preprocessing runs on the GPU, and the result equals the CPU path's."""
+    from tpo_fast.synthetic.videos import write_index_video
     from tpo_fast.video import decoders, load_video_inputs
-    from tpo_fast.video.synthetic import write_index_video
 
     path = write_index_video(tmp_path / "v.mp4", 24, codec="h264", gop=8, texture=True)
     cfg = type("Cfg", (), {"model_type": "llava_onevision",

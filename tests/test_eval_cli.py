@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from tpo_fast.data.synthetic import write_video
 from tpo_fast.eval.cli import main
+from tpo_fast.synthetic.videos import write_video
 
 
 @pytest.fixture

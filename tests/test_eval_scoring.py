@@ -13,7 +13,6 @@ import torch
 
 import tpo_fast.curate.generation as generation
 import tpo_fast.eval.runner as runner
-from tpo_fast.data.synthetic import write_video
 from tpo_fast.eval import MCQuestion, evaluate, extract_choice, format_table
 from tpo_fast.eval.records import LETTERS
 from tpo_fast.eval.scoring import (
@@ -26,6 +25,7 @@ from tpo_fast.eval.scoring import (
 )
 from tpo_fast.models import PreferenceModel, adapter_for
 from tpo_fast.models.tiny import tiny_model, tiny_tokenizer
+from tpo_fast.synthetic.videos import write_video
 from tpo_fast.video import load_video_inputs
 
 QIDS = ["kilo", "lima", "mike", "nova", "oscar", "papa", "romeo"]  # one tokenizer word each

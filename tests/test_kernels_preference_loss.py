@@ -245,7 +245,7 @@ def test_one_pair_of_one_token_responses(dtype):
         assert_within_twice_naive(got[i], naive[i], truth[i], name)
 
 
-def test_auto_impl_on_cpu_is_the_chunked_reference():
+def test_auto_impl_on_cpu_is_the_chunked_path():
     hidden, weight, targets, seq_id = make_batch(40, 16, 257, 4, torch.float32, seed=4)
     spec = LossSpec(beta=0.1, sft_weight=ALPHA)
     auto = _preference_loss(hidden, weight, targets, seq_id, None, spec)

@@ -123,7 +123,7 @@ def test_dataset_bin_is_the_packer_on_its_tokens(tmp_path):
     from tpo_fast.config import DataConfig
     from tpo_fast.data.dataset import TPODataset
     from tpo_fast.data.pairs import read_pairs
-    from tpo_fast.data.synthetic import write_video
+    from tpo_fast.synthetic.videos import write_video
 
     rng = np.random.default_rng(0)
     for v in range(2):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from tpo_fast.synthetic.videos import frame_number, write_index_video
 from tpo_fast.video import FramePlan, VideoDecodeError, decode, decode_many, probe, pyav_backend
 from tpo_fast.video import decoders as decode_module
 from tpo_fast.video.dali_backend import dali_available, decode_dali
-from tpo_fast.video.synthetic import frame_number, write_index_video
 
 N, FPS, GOP = 40, 10.0, 8
 needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali not installed")

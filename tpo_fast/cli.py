@@ -16,17 +16,18 @@ def _add_plan_args(p: argparse.ArgumentParser, pairs: int, world_size: int) -> N
     p.add_argument("--epoch", type=int, default=0)
     p.add_argument("--drop-overlong", action="store_true",
                    help="skip pairs over the token budget instead of failing")
-    p.add_argument("--backend", choices=("auto", "native", "reference"), default="auto")
+    p.add_argument("--backend", choices=("auto", "native", "naive"), default="auto")
     p.add_argument("--json", metavar="PATH", help="also write the summary as JSON")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Plan packed micro-batches for a synthetic TPO-like preference set and summarise them."""
-    from tpo_fast.packing import build_indices, get_backend, plan_bins, synthetic_lengths
+    from tpo_fast.packing import build_indices, get_backend, plan_bins
+    from tpo_fast.synthetic.packing import synthetic_lengths
 
     prompt, chosen, rejected = synthetic_lengths(args.pairs, seed=args.seed)
     backend = get_backend(args.backend).__name__
-    backend = "reference" if backend.endswith("reference") else "native"
+    backend = "naive" if backend.endswith("naive") else "native"
     start = time.perf_counter()
     plan = plan_bins(prompt, chosen, rejected, args.token_budget, args.world_size, args.seed,
                      epoch=args.epoch, drop_overlong=args.drop_overlong, backend=args.backend)
@@ -89,7 +90,7 @@ def cmd_ref_logps(args: argparse.Namespace) -> int:
 
 def cmd_make_pairs(args: argparse.Namespace) -> int:
     """Write a small synthetic pairs set (colour videos) for the tiny embedded default."""
-    from tpo_fast.data.synthetic import make_pairs
+    from tpo_fast.synthetic.pairs import make_pairs
 
     path = make_pairs(args.out_dir, n_pairs=args.pairs, n_videos=args.videos, seed=args.seed)
     print(f"tpo-fast make-pairs: wrote {args.pairs} pairs and {args.videos} videos -> {path}")

@@ -24,6 +24,7 @@ from tpo_fast.attention import BACKENDS, PACKED_KWARG, PackedAttention, packed_f
 from tpo_fast.models.base import is_frozen
 from tpo_fast.models.registry import adapter_for
 from tpo_fast.packing import PackedBatch
+from tpo_fast.tensor_tree import move_tensors
 
 
 def _on(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -104,8 +105,7 @@ class PreferenceModel(nn.Module):
         device = self.device
         frozen = is_frozen(self.adapter.vision_tower()) and not any(
             p.requires_grad for p in self.adapter.projector_parameters())
-        videos = [{k: _on(v, device) if torch.is_tensor(v) else v for k, v in video.items()}
-                  for video in videos]
+        videos = move_tensors(videos, device, non_blocking=True)
         with torch.no_grad() if frozen else contextlib.nullcontext():
             if self.sequence_parallel is not None:  # frames split over the SP group
                 from tpo_fast.sequence_parallel import encode_split

@@ -187,7 +187,7 @@ def _sequence_parallel(cfg: TrainConfig, policy):
 
 
 def _write_synthetic_pairs(cfg: TrainConfig, rank: int) -> None:
-    from tpo_fast.data.synthetic import make_pairs
+    from tpo_fast.synthetic.pairs import make_pairs
 
     target = Path(cfg.data.train)
     if rank == 0:

@@ -148,14 +148,4 @@ class TowerReplay:
             self.outputs.clear()
 
 
-def load_reference_model(cfg: TrainConfig, ds_config: dict | None):
-    """A second copy of the starting policy, from the policy's own source: ``model.path``
-    (under ZeRO-3 the policy's ``HfDeepSpeedConfig`` is still alive, so ``from_pretrained``
-    builds it partitioned) or the tiny model rebuilt from the same seed."""
-    from tpo_fast.train.setup import load_tokenizer_and_model
-
-    _, model, _ = load_tokenizer_and_model(cfg, ds_config, role="reference")
-    return model.eval().requires_grad_(False)
-
-
-__all__ = ["TowerReplay", "frozen_vision_modules", "load_reference_model", "reference_kind"]
+__all__ = ["TowerReplay", "frozen_vision_modules", "reference_kind"]
