@@ -246,3 +246,79 @@ def test_dali_gpu_decodes_to_cuda(videos):
         frames = decode(videos[codec], [39, 3, 3], backend="auto", device="cuda")
         assert frames.is_cuda and numbers(frames.cpu()) == [39, 3, 3]
     assert decode_module.choose_backend(probe(videos["h264"]), "cuda") == "dali_gpu"
+
+
+# -- the registry --------------------------------------------------------------------------------
+
+@pytest.fixture
+def registered(monkeypatch):
+    """Register decoders for one test; the registry is restored afterwards."""
+    monkeypatch.setattr(decode_module, "DECODERS", dict(decode_module.DECODERS))
+    return decode_module.register
+
+
+def test_a_decoder_added_through_the_registry_alone_is_used_everywhere(videos, registered):
+    """One entry: ``decode``, ``decode_many``, the decode: config section and DecodeSettings
+    accept it; its frames are what its function returns (here: PyAV's, reversed then
+    reversed back, so a wrong index order would show)."""
+    from tpo_fast.config import load_config
+    from tpo_fast.video import DecodeSettings
+
+    calls = []
+
+    def mirror(infos, frame_indices, device, threads):
+        calls.append((len(infos), threads))
+        out = []
+        for info, idx in zip(infos, frame_indices):
+            frames = torch.from_numpy(pyav_backend.decode_pyav(info.path, list(idx)[::-1]))
+            out.append(frames.flip(0))
+        return out
+
+    registered(decode_module.Decoder("mirror", mirror, batched=True, options=("threads",)))
+    decode_module.reset_decode_counts()
+    assert numbers(decode(videos["h264"], [5, 1, 30], backend="mirror", threads=3)) == [5, 1, 30]
+    out = decode_many([videos["h264"], videos["vp9"]], [[2, 0], [9]], backend="mirror")
+    assert [numbers(o) for o in out] == [[2, 0], [9]]
+    assert calls == [(1, 3), (2, 2)]  # decode_many: one batched call
+    assert decode_module.decode_counts()["mirror"] == 3
+    assert "mirror" in decode_module.decoder_names()
+    cfg = load_config(None, ["model.tiny=qwen2_vl", "data.train=x", "decode.backend=mirror"])
+    assert DecodeSettings.from_config(cfg.decode).backend == "mirror"
+    with pytest.raises(ValueError, match="already registered"):
+        registered(decode_module.Decoder("mirror", mirror))
+
+
+def test_an_unavailable_decoder_says_why(videos, registered):
+    def never(*_):
+        raise AssertionError("an unavailable decoder must not be called")
+
+    registered(decode_module.Decoder("absent", never, unavailable=lambda: "libfoo.so.1 missing"))
+    assert decode_module.available_decoders()["absent"] == "libfoo.so.1 missing"
+    assert decode_module.available_decoders()["pyav"] is None
+    with pytest.raises(RuntimeError, match="'absent' is unavailable: libfoo.so.1 missing"):
+        decode(videos["h264"], [0], backend="absent")
+    # with fallback the error still surfaces: the machine, not the file, is the problem
+    with pytest.raises(RuntimeError, match="unavailable"):
+        decode(videos["h264"], [0], backend="absent", fallback=True)
+
+
+def test_frame_folders_are_a_source_entry(tmp_path, videos):
+    """The "frames" entry reads frame folders whatever decode.backend says; it cannot be
+    chosen as the backend of a video file."""
+    from PIL import Image
+
+    from tpo_fast.video import FrameVideo
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    frames = decode(videos["h264"], [3, 4, 5], backend="pyav")
+    for i, f in enumerate(frames):
+        Image.fromarray(f.numpy()).save(folder / f"c01_{i + 1:04d}.png")
+    info = probe(FrameVideo(folder=str(folder), fps=2.0))
+    decode_module.reset_decode_counts()
+    for backend in ("auto", "pyav", "dali_cpu"):
+        assert numbers(decode(info, [2, 0], backend=backend)) == [5, 3]
+    assert decode_module.decode_counts() == {"frames": 3}
+    assert "frames" in decode_module.DECODERS and "frames" not in decode_module.decoder_names()
+    with pytest.raises(ValueError, match="unknown backend 'frames'"):
+        decode(videos["h264"], [0], backend="frames")

@@ -5,11 +5,11 @@ every video (a header read) and builds a packing-plan bin on demand: the bin's v
 decoded on a small thread pool (``tpo_fast.video``), preprocessed into the model's video inputs
 and packed with the family's position ids (``PreferenceModel.pack``).
 
-Decoding follows ``data.video_backend`` / ``data.decode_device`` / ``data.video_threads``
-(``DecodeSettings``): on a CUDA machine by default DALI decodes on the model's own GPU and the
-frames are preprocessed there; CPU-decoded frames travel as pinned uint8 and are normalised on
-the device. With the model on CUDA the packed batch's CPU tensors are pinned too (in the
-building thread), so ``batch.to(device, non_blocking=True)`` does not block.
+Decoding follows the ``decode:`` section (``DecodeConfig`` -> ``DecodeSettings``): on a CUDA
+machine by default DALI decodes on the model's own GPU and the frames are preprocessed there;
+CPU-decoded frames travel as pinned uint8 and are normalised on the device. With the model on
+CUDA the packed batch's CPU tensors are pinned too (in the building thread), so
+``batch.to(device, non_blocking=True)`` does not block.
 
 A pair that cannot be used (empty response, over-long tokenization, unreadable video) is an
 error naming its file and line, or, with ``data.skip_invalid=true``, a counted skip.
@@ -45,13 +45,14 @@ class TPODataset:
             replaces ``data.system_prompt`` for it.
         policy: the ``PreferenceModel`` (its adapter, config and ``pack``).
         tokenizer: the model's tokenizer (with its chat template).
-        data_cfg: ``DataConfig`` (frames, system_prompt, decode_threads, skip_invalid,
-            video_backend, decode_device, video_threads).
+        data_cfg: ``DataConfig`` (frames, system_prompt, skip_invalid, ...).
+        decode: the ``decode:`` section (``DecodeConfig``; default: its defaults).
     After construction ``skipped`` lists ``"file:line: reason"`` for every pair left out and
     ``decode`` holds the resolved ``DecodeSettings`` (explicit device).
     """
 
-    def __init__(self, records: list[PairRecord], policy, tokenizer, data_cfg):
+    def __init__(self, records: list[PairRecord], policy, tokenizer, data_cfg, decode=None):
+        from tpo_fast.config import DecodeConfig
         from tpo_fast.video import DecodeSettings
 
         self.policy = policy
@@ -60,9 +61,8 @@ class TPODataset:
         self.tokenizer = tokenizer
         self.cfg = data_cfg
         # Resolved here, in the constructing thread: workers get an explicit device index.
-        self.decode = DecodeSettings.build(
-            getattr(data_cfg, "video_backend", "auto"), getattr(data_cfg, "decode_device", "auto"),
-            getattr(data_cfg, "video_threads", 2), model_device=policy.device)
+        decode = decode or DecodeConfig()
+        self.decode = DecodeSettings.from_config(decode, model_device=policy.device)
         self._pin = torch.device(policy.device).type == "cuda"  # batches go to a GPU
         self.skipped: list[str] = []
         self._shape_videos: dict[tuple, dict] = {}
@@ -90,7 +90,7 @@ class TPODataset:
         self._lengths = (np.asarray(prompt_lens, np.int64),
                          np.asarray([len(t.chosen) for t in self.tokens], np.int64),
                          np.asarray([len(t.rejected) for t in self.tokens], np.int64))
-        self._pool = ThreadPoolExecutor(max_workers=max(1, data_cfg.decode_threads),
+        self._pool = ThreadPoolExecutor(max_workers=max(1, decode.workers),
                                         thread_name_prefix="tpo-decode")
 
     def __len__(self) -> int:

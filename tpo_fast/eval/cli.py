@@ -22,11 +22,13 @@ import json
 import sys
 from pathlib import Path
 
+from tpo_fast.config import DecodeConfig
 from tpo_fast.eval.protocol import DEFAULT_TASK, LMMS_EVAL_VERSION, VERSIONS, task_for
 from tpo_fast.eval.readers import READERS
 from tpo_fast.eval.records import LETTERS, AnnotationError, MCQuestion, ReadStats
 from tpo_fast.eval.runner import METHODS, PROTOCOLS
 from tpo_fast.eval.scoring import ANSWER_FORMATS
+from tpo_fast.video.decoders import decoder_names
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -76,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate only the first N questions")
     p.add_argument("--batch-size", type=int, default=4, help="questions per forward")
     p.add_argument("--decode-workers", type=int, default=2, help="video decoding threads")
-    p.add_argument("--video-backend", choices=("auto", "pyav", "dali_cpu", "dali_gpu"),
+    p.add_argument("--video-backend", choices=decoder_names(),
                    default="auto", help="video decoder (auto: DALI on the model's GPU when it "
                                         "is on CUDA, else PyAV)")
     p.add_argument("--decode-device", default="auto",
@@ -162,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                        batch_size=args.batch_size, answer_format=args.answer_format,
                        length_normalize=args.length_normalize,
                        max_new_tokens=args.max_new_tokens, system=args.system,
-                       decode_workers=args.decode_workers, video_backend=args.video_backend,
-                       decode_device=args.decode_device, video_threads=args.video_threads,
+                       decode=DecodeConfig(backend=args.video_backend, device=args.decode_device,
+                                           threads=args.video_threads,
+                                           workers=args.decode_workers),
                        protocol=protocol, task=task, subtitle_root=args.subtitle_root,
                        seed=args.seed, lmms_eval_version=args.lmms_eval_version,
                        progress=not args.no_progress)

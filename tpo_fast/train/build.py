@@ -110,7 +110,7 @@ def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
                              train_vision_tower=cfg.model.train_vision_tower,
                              train_projector=cfg.model.train_projector)
     sp, mpu = _sequence_parallel(cfg, policy)
-    dataset = TPODataset(records, policy, tokenizer, cfg.data)
+    dataset = TPODataset(records, policy, tokenizer, cfg.data, cfg.decode)
     reference = reference_kind(cfg, dataset.has_ref_logps)
     lengths = dataset.lengths()
     key = PlanKey.of(cfg, dp_world)
