@@ -295,6 +295,8 @@ def test_an_unavailable_decoder_says_why(videos, registered):
     registered(decode_module.Decoder("absent", never, unavailable=lambda: "libfoo.so.1 missing"))
     assert decode_module.available_decoders()["absent"] == "libfoo.so.1 missing"
     assert decode_module.available_decoders()["pyav"] is None
+    if dali_available() and not torch.cuda.is_available():
+        assert decode_module.available_decoders()["dali_gpu"] == "needs a CUDA device (none here)"
     with pytest.raises(RuntimeError, match="'absent' is unavailable: libfoo.so.1 missing"):
         decode(videos["h264"], [0], backend="absent")
     # with fallback the error still surfaces: the machine, not the file, is the problem

@@ -109,8 +109,13 @@ def decoder_names() -> tuple[str, ...]:
 
 
 def available_decoders() -> dict[str, str | None]:
-    """Every entry: None when usable here, else why not."""
-    return {n: d.unavailable() for n, d in DECODERS.items()}
+    """Every entry: None when usable on this machine, else why not."""
+    out = {}
+    for name, d in DECODERS.items():
+        out[name] = d.unavailable()
+        if out[name] is None and "cpu" not in d.devices and not torch.cuda.is_available():
+            out[name] = "needs a CUDA device (none here)"
+    return out
 
 
 # ---- the entries -------------------------------------------------------------------------------
