@@ -324,3 +324,99 @@ def test_frame_folders_are_a_source_entry(tmp_path, videos):
     assert "frames" in decode_module.DECODERS and "frames" not in decode_module.decoder_names()
     with pytest.raises(ValueError, match="unknown backend 'frames'"):
         decode(videos["h264"], [0], backend="frames")
+
+
+# -- torchcodec: an entry added through the registry alone ----------------------------------------
+
+# torchcodec 0.15.0's import error beside this project's CPU torch, as it printed it here
+# (2026-12; the message is built in meta-pytorch/torchcodec
+# src/torchcodec/_internally_replaced_utils.py::load_torchcodec_shared_libraries, the inner
+# OSError by torch/_ops.py::load_library), cut after the first FFmpeg version's block
+TORCHCODEC_LOAD_ERROR = """Could not load libtorchcodec. Likely causes:
+          1. FFmpeg is not properly installed in your environment. We support
+             versions 4, 5, 6, 7, and 8, and we attempt to load libtorchcodec
+             for each of those versions. Errors for versions not installed on
+             your system are expected; only the error for your installed FFmpeg
+             version is relevant. On Windows, ensure you've installed the
+             "full-shared" version which ships DLLs.
+          2. The PyTorch version (2.13.0+cpu) is not compatible with
+             this version of TorchCodec. Refer to the version compatibility
+             table:
+             https://github.com/pytorch/torchcodec?tab=readme-ov-file#installing-torchcodec.
+          3. Another runtime dependency; see exceptions below.
+
+        The following exceptions were raised as we tried to load libtorchcodec:
+        
+[start of libtorchcodec loading traceback]
+FFmpeg version 8:
+Traceback (most recent call last):
+  File "/work/wt/decode/.venv/lib/python3.11/site-packages/torch/_ops.py", line 1516, in load_library
+    ctypes.CDLL(path)
+  File "/root/.pyenv/versions/3.11.7/lib/python3.11/ctypes/__init__.py", line 376, in __init__
+    self._handle = _dlopen(self._name, mode)
+                   ^^^^^^^^^^^^^^^^^^^^^^^^^
+OSError: libnvrtc.so.13: cannot open shared object file: No such file or directory
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "/tmp/tcsite/torchcodec/_internally_replaced_utils.py", line 93, in load_torchcodec_shared_libraries
+    torch.ops.load_library(core_library_path)
+  File "/work/wt/decode/.venv/lib/python3.11/site-packages/torch/_ops.py", line 1518, in load_library
+    raise OSError(f"Could not load this library: {path}") from e
+OSError: Could not load this library: /tmp/tcsite/torchcodec/libtorchcodec_core8.so
+"""  # noqa: E501, W293
+
+
+def test_torchcodec_load_error_names_the_missing_library():
+    from tpo_fast.video.torchcodec_backend import load_error_reason
+
+    assert load_error_reason(TORCHCODEC_LOAD_ERROR) == (
+        "libnvrtc.so.13: cannot open shared object file: No such file or directory")
+    assert load_error_reason("something else\nmore") == "something else"
+
+
+@pytest.mark.skipif(decode_module.available_decoders()["torchcodec"] is None,
+                    reason="torchcodec loads here")
+def test_torchcodec_unavailable_is_reported_and_refused_cleanly(videos):
+    """Without a loadable torchcodec (this CPU machine: not installed, or its CUDA build
+    without libnvrtc) the entry says why, ``decode`` refuses with that reason, and the config
+    still accepts the name (the machine, not the config, lacks it)."""
+    from tpo_fast.config import load_config
+
+    why = decode_module.available_decoders()["torchcodec"]
+    assert why.startswith(("torchcodec is not installed", "torchcodec does not load: "))
+    with pytest.raises(RuntimeError, match=r"backend 'torchcodec' is unavailable: torchcodec"):
+        decode(videos["h264"], [0, 3], backend="torchcodec")
+    with pytest.raises(RuntimeError, match="unavailable"):
+        decode_many([videos["h264"]], [[0]], backend="torchcodec")
+    cfg = load_config(None, ["model.tiny=qwen2_vl", "data.train=x", "decode.backend=torchcodec"])
+    assert cfg.decode.backend == "torchcodec"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(decode_module.available_decoders()["torchcodec"] is not None,
+                    reason=f"{decode_module.available_decoders()['torchcodec']}")
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+@pytest.mark.parametrize("codec", ["h264", "vp9"])
+def test_torchcodec_frames_are_pyavs_frames(tmp_path, codec, device):
+    """Same frames (the index each frame shows, any order, repeats) and pixels within the DALI
+    rule (test_decode_backends_paths.py::test_dali_gpu_frames_are_pyavs_frames): twice the
+    YUV->RGB conversion difference measured between DALI's CPU decoder and PyAV on these
+    videos (mean 0.53-0.89 levels, 99th percentile 1-2): mean < 2, 99th percentile <= 4.
+    torchcodec on the CPU converts with FFmpeg's swscale as PyAV does; with NVDEC it converts
+    on the GPU. Unvalidated until the GPU suite runs it."""
+    path = write_index_video(tmp_path / f"i.{'mp4' if codec == 'h264' else 'webm'}", 40,
+                             codec=codec, gop=8, texture=True)
+    idx = [39, 0, 17, 17, 8, 7, 1, 20]
+    target = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else None
+    decode_module.reset_decode_counts()
+    got = decode(path, idx, backend="torchcodec", device=target)
+    ref = decode(path, idx, backend="pyav")
+    assert decode_module.decode_counts()["torchcodec"] == 1
+    assert got.dtype == torch.uint8 and got.shape == ref.shape
+    assert got.device.type == device
+    assert [frame_number(f) for f in got.cpu()] == idx == [frame_number(f) for f in ref]
+    diff = (got.cpu().float() - ref.float()).abs()
+    assert diff.mean() < 2.0, float(diff.mean())
+    assert np.percentile(diff.numpy(), 99) <= 4, float(np.percentile(diff.numpy(), 99))

@@ -7,7 +7,8 @@ module); the ``decode:`` config section of train, curate and eval accepts every 
 name (``decoder_names()``).
 
 Entries: ``"pyav"`` (any codec FFmpeg decodes; CPU; seeking; threaded), ``"dali_cpu"``
-(VP8/VP9/MJPEG, DALI's CPU decoder), ``"dali_gpu"`` (NVDEC on the target GPU) and the source
+(VP8/VP9/MJPEG, DALI's CPU decoder), ``"dali_gpu"`` (NVDEC on the target GPU), ``"torchcodec"``
+(PyTorch's decoder; NVDEC for a CUDA device; ``torchcodec_backend.py``) and the source
 ``"frames"`` (a video given as image frames, ``frame_folder.py``: read with Pillow whatever the
 backend). ``"auto"`` tries the entries in registry order and takes the first whose ``auto``
 rule accepts the video and target device: a CUDA ``device`` with DALI importable and a codec
@@ -42,6 +43,7 @@ from tpo_fast.video.frame_folder import FRAME_CODEC, decode_frames
 from tpo_fast.video.info import VideoInfo, probe
 from tpo_fast.video.pyav_backend import _check_indices, decode_pyav
 from tpo_fast.video.settings import DEFAULT_THREADS, resolve_device
+from tpo_fast.video.torchcodec_backend import decode_torchcodec, torchcodec_unavailable
 
 logger = logging.getLogger(__name__)
 _warned_no_dali = False
@@ -169,6 +171,9 @@ register(Decoder(
     batched=True, options=("threads",), doc="NVDEC through DALI"))
 register(Decoder("dali_cpu", _dali(gpu=False), codecs=DALI_CPU_CODECS, unavailable=_no_dali,
                  batched=True, options=("threads",), doc="DALI's CPU decoder"))
+register(Decoder("torchcodec", decode_torchcodec, devices=("cpu", "cuda"),
+                 unavailable=torchcodec_unavailable, options=("threads",),
+                 doc="torchcodec (FFmpeg; NVDEC for a CUDA device)"))
 register(Decoder("pyav", _decode_pyav, auto=lambda info, device: True, options=("threads",),
                  doc="PyAV (FFmpeg)"))
 FALLBACK = "pyav"  # decodes what another entry cannot read (decode(fallback=True))
