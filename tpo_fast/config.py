@@ -335,6 +335,9 @@ def _coerce(value, tp, key: str):
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be a string, got the number {value!r} (quote it for "
+                          f"YAML: {key}: '{value}'; on a command line {key}=\"'{value}'\")")
     if not isinstance(value, tp):
         raise ConfigError(f"{key} must be a {tp.__name__}, got {value!r}")
     return value
@@ -375,7 +378,8 @@ def _default(cls, name: str):
     return None if f.default is dataclasses.MISSING else f.default
 
 
-def _set_dotted(tree: dict, dotted: str, value) -> None:
+def set_dotted(tree: dict, dotted: str, value) -> None:
+    """Set ``tree[a][b]... = value`` for the key ``"a.b..."`` (sections made as needed)."""
     node = tree
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -402,7 +406,7 @@ def read_config_tree(path: str | Path | None = None, overrides: list[str] | tupl
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
     return tree
 
 
