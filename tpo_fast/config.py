@@ -84,11 +84,11 @@ class DecodeConfig:
 
         names = decoder_names()
         require(self.backend in names,
-                 f"{key}.backend must be one of {', '.join(names)}, got {self.backend!r}")
+                f"{key}.backend must be one of {', '.join(names)}, got {self.backend!r}")
         head, _, index = self.device.partition(":")
         require(self.device in ("auto", "cpu", "cuda")
-                 or (head == "cuda" and index.isdigit()),
-                 f"{key}.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+                or (head == "cuda" and index.isdigit()),
+                f"{key}.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         require(self.threads >= 1, f"{key}.threads must be >= 1")
         require(self.workers >= 0, f"{key}.workers must be >= 0")
 

@@ -57,9 +57,9 @@ class PolicyConfig:
 
     def check(self, key: str) -> None:
         require(self.kind != "hf" or bool(self.path) != bool(self.tiny),
-                 f"{key}.kind=hf needs exactly one of {key}.path or {key}.tiny")
+                f"{key}.kind=hf needs exactly one of {key}.path or {key}.tiny")
         require(self.batch_size >= 1 and self.max_new_tokens >= 1,
-                 f"{key}.batch_size and {key}.max_new_tokens must be >= 1")
+                f"{key}.batch_size and {key}.max_new_tokens must be >= 1")
 
 
 @dataclass
@@ -86,9 +86,9 @@ class LLMConfig:
     def check(self, key: str) -> None:
         require(self.kind != "openai" or self.model, f"{key}.kind=openai needs {key}.model")
         require(self.kind != "hf" or bool(self.model) != bool(self.tiny),
-                 f"{key}.kind=hf needs exactly one of {key}.model or {key}.tiny")
+                f"{key}.kind=hf needs exactly one of {key}.model or {key}.tiny")
         require(self.concurrency >= 1 and self.batch_size >= 1 and self.max_retries >= 0,
-                 f"{key}.concurrency and {key}.batch_size must be >= 1, max_retries >= 0")
+                f"{key}.concurrency and {key}.batch_size must be >= 1, max_retries >= 0")
         require(self.timeout_s > 0, f"{key}.timeout_s must be > 0")
 
 
@@ -101,7 +101,7 @@ class CaptionConfig:
 
     def check(self, key: str) -> None:
         require(self.windows >= 1 and self.frames >= 1,
-                 f"{key}.windows and {key}.frames must be >= 1")
+                f"{key}.windows and {key}.frames must be >= 1")
 
 
 @dataclass
@@ -113,7 +113,7 @@ class SegmentConfig:
     def check(self, key: str) -> None:
         require(self.per_video >= 0, f"{key}.per_video must be >= 0")
         require(self.lengths and all(x > 0 for x in self.lengths),
-                 f"{key}.lengths must be positive seconds")
+                f"{key}.lengths must be positive seconds")
 
 
 @dataclass
@@ -144,7 +144,7 @@ class ResponseConfig:
     def check(self, key: str) -> None:
         require(self.frames >= 1, f"{key}.frames must be >= 1")
         require(0 <= self.incomplete_fraction <= 1,
-                 f"{key}.incomplete_fraction must be in [0, 1]")
+                f"{key}.incomplete_fraction must be in [0, 1]")
         require(0 < self.incomplete_keep < 1, f"{key}.incomplete_keep must be in (0, 1)")
         require(self.downsample_factor >= 2, f"{key}.downsample_factor must be >= 2")
 
@@ -177,8 +177,8 @@ class MixConfig:
 
     def check(self, key: str) -> None:
         require(self.localized >= 0 and self.comprehensive >= 0
-                 and self.localized + self.comprehensive > 0,
-                 f"{key}.localized and {key}.comprehensive must be >= 0, not both 0")
+                and self.localized + self.comprehensive > 0,
+                f"{key}.localized and {key}.comprehensive must be >= 0, not both 0")
         require(self.target_size >= 0, f"{key}.target_size must be >= 0")
 
 

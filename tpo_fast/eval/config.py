@@ -73,7 +73,7 @@ class EvalConfig:
         require(self.batch_size >= 1, "batch_size must be >= 1")
         require(self.limit is None or self.limit >= 0, "limit must be >= 0")
         require(self.max_new_tokens is None or self.max_new_tokens >= 1,
-                 "max_new_tokens must be >= 1")
+                "max_new_tokens must be >= 1")
 
     def validate(self) -> EvalConfig:
         """Raise ConfigError naming the first bad key."""
