@@ -144,7 +144,7 @@ def test_pairs_come_from_the_right_frame_plans(tmp_path, videos, monkeypatch):
     out = tmp_path / "out"
     cfg = annotation_cfg(videos, out, "policy.kind=hf", "policy.tiny=llava_onevision",
                          "policy.dtype=float32", "policy.max_new_tokens=4",
-                         "policy.decode_workers=1", "responses.frames=8",
+                         "decode.workers=1", "responses.frames=8",
                          "responses.downsample_factor=3", "responses.incomplete_fraction=0.5",
                          "filter.rules=[]", "filter.judge=false", "captions.windows=2",
                          "segments.per_video=4", "queries.tasks_per_target=1",

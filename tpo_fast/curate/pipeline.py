@@ -81,7 +81,7 @@ class Curator:
     @property
     def policy(self) -> Policy:
         if self._policy is None:
-            self._policy = build_policy(self.cfg.policy)
+            self._policy = build_policy(self.cfg.policy, self.cfg.decode)
         return self._policy
 
     @property

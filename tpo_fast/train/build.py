@@ -111,7 +111,7 @@ def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
                              train_vision_tower=cfg.model.train_vision_tower,
                              train_projector=cfg.model.train_projector)
     sp, mpu = _sequence_parallel(cfg, policy)
-    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data,
+    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data, cfg.decode,
                          device=policy.device)
     reference = reference_kind(cfg, dataset.has_ref_logps)
     lengths = dataset.lengths()
