@@ -14,7 +14,6 @@ import torch
 import tpo_fast.curate.generation as generation
 import tpo_fast.eval.runner as runner
 from tpo_fast.config import DecodeConfig
-from tpo_fast.synthetic.videos import write_video
 from tpo_fast.eval import MCQuestion, evaluate, extract_choice, format_table
 from tpo_fast.eval.records import LETTERS
 from tpo_fast.eval.scoring import (

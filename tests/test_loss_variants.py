@@ -515,7 +515,8 @@ def test_config_keys_come_from_the_registry():
             ("loss.label_smoothing=0.6", r"loss: label_smoothing must lie in \[0, 0.5\)"),
             ("loss.discopop_tau=0.1", r"loss: discopop_tau is used by loss_type 'discopop'"),
             ("loss.beta=0", r"loss: beta must be > 0"),
-            ("loss.reference=live", r"loss.reference must be precomputed, model, none or auto")):
+            ("loss.reference=live",
+             r"loss.reference must be one of auto, precomputed, model, none")):
         with pytest.raises(ConfigError, match=message):
             load_config(None, base + [override])
 
