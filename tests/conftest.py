@@ -83,6 +83,16 @@ def on_test_device(fn, impls=None):
 
 
 @pytest.fixture(scope="session")
+def pairs(tmp_path_factory):
+    """The synthetic pairs file most training tests use: 48 pairs over 8 videos, seed 0
+    (tpo_fast.data.synthetic.make_pairs), written once per session; tests must not modify it
+    (copy it to tmp_path first)."""
+    from tpo_fast.data.synthetic import make_pairs
+
+    return make_pairs(tmp_path_factory.mktemp("pairs"), n_pairs=48, n_videos=8, seed=0)
+
+
+@pytest.fixture(scope="session")
 def test_device() -> str:
     """``TEST_DEVICE``: "cpu" or "cuda" (see ``TPO_FAST_TEST_DEVICE``)."""
     return TEST_DEVICE

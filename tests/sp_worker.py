@@ -47,11 +47,11 @@ def main(family: str, out: str):
 
 
 def compare(policy, sp, tokenizer, n_pairs, seed):
-    from test_models_packed import make_pairs
+    from helpers import tiny_video_pairs
 
     policy.enable_sequence_parallel(None)
     model = policy.model
-    pairs = make_pairs(policy.adapter.model.config.model_type, tokenizer, model,
+    pairs = tiny_video_pairs(policy.adapter.model.config.model_type, tokenizer, model,
                        n_pairs=n_pairs, seed=seed)
     batch = policy.pack(*pairs)
     gen = torch.Generator().manual_seed(seed)

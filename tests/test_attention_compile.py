@@ -19,6 +19,7 @@ import textwrap
 
 import pytest
 import torch
+from helpers import patched_varlen_attn
 
 from tpo_fast.attention import PackedAttention, backends
 from tpo_fast.attention.block_mask import BLOCK_SIZE, bucketed_length
@@ -109,33 +110,19 @@ def test_torch_varlen_on_torch_2_11s_signature(monkeypatch):
     """torch 2.11's varlen_attn has no enable_gqa: the call binds (a stray keyword would raise
     TypeError as the real one does), is causal through window_size, gets the keys and values
     expanded to the query heads, and computes the packed attention."""
-    varlen = pytest.importorskip("torch.nn.attention.varlen")
+    pytest.importorskip("torch.nn.attention.varlen")
     sig = _signature(TORCH_2_11_VARLEN)
     assert "enable_gqa" not in sig.parameters and "window_size" in sig.parameters
-    seen = []
 
-    def fake(*args, **kwargs):
-        a = sig.bind(*args, **kwargs)
-        a.apply_defaults()
-        a = a.arguments
-        seen.append(a)
+    def no_gqa(a):
         assert a["key"].shape[1] == a["query"].shape[1]  # no GQA without enable_gqa
-        ident = PackedAttention(a["cu_seq_q"], a["cu_seq_k"], a["max_q"], a["max_k"],
-                                torch.arange(a["key"].shape[0]), "sdpa")
-        return prefix_shared_attention_reference(ident, a["query"], a["key"], a["value"],
-                                                 scale=a["scale"])
 
-    fake.__signature__ = sig
-    monkeypatch.setattr(varlen, "varlen_attn", fake)
-    backends._torch_varlen.cache_clear()
-    try:
+    with patched_varlen_attn(monkeypatch, sig, no_gqa) as seen:
         assert backends._torch_varlen().gqa is False
         ix = build_indices([5, 9], [3, 1], [2, 4])
         packed = PackedAttention.from_batch(ix, backend="torch_varlen")
         q, k, v = _qkv(ix, heads=4, kv_heads=2, dim=8)
         out = backends._torch_varlen_attn(packed, q, k[ix.kv_index], v[ix.kv_index], 0.3, 0.0)
-    finally:
-        backends._torch_varlen.cache_clear()
     torch.testing.assert_close(out, prefix_shared_attention_reference(packed, q, k, v,
                                                                       scale=0.3))
     (a,) = seen

@@ -8,10 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, subprocess_env, wait_for
 
 from tpo_fast.config import ConfigError
 from tpo_fast.curate.cli import main as curate_main
@@ -24,8 +24,6 @@ from tpo_fast.curate.pipeline import STAGES, Curator, InjectedCrash, run_curatio
 from tpo_fast.curate.store import StageWriter, iter_records, read_stage
 from tpo_fast.curate.synthetic import make_synthetic_videos
 from tpo_fast.curate.tasks import parse_judgement, parse_question
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -368,21 +366,16 @@ def test_sigkilled_run_restarts_to_the_same_pairs(tmp_path, videos):
             "responses.frames=4", "responses.downsample_factor=2", "captions.windows=2",
             "captions.frames=2", "filter.judge=false", "filter.rules=[empty]",
             "segments.per_video=2", "queries.tasks_per_target=2", "run.progress=false"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def cli(out: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "tpo_fast.curate.cli", *args,
-                                 f"run.output_dir={out}"], env=env, cwd=ROOT,
+                                 f"run.output_dir={out}"], env=subprocess_env(), cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     killed = tmp_path / "killed"
     proc = cli(killed)
     responses = killed / "stages" / "responses.rank0-of-1.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if responses.exists() and len(list(iter_records(responses))) >= 2:
-            break
-        time.sleep(0.02)
+    wait_for(lambda: responses.exists() and len(list(iter_records(responses))) >= 2, proc, 60)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

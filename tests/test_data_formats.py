@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import QUIET, TINY
 
 from tpo_fast.config import load_config
 from tpo_fast.data.pairs import PairFileError, read_pairs, read_pairs_config
@@ -37,9 +38,7 @@ from tpo_fast.data.synthetic import make_pairs
 from tpo_fast.video import FrameVideo, decode, load_video_inputs, probe
 from tpo_fast.video.errors import VideoDecodeError
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "configs" / "tiny.yaml"
-QUIET = ["run.progress=false", "run.tensorboard=false", "run.plot=false", "run.resume=never"]
+QUIET = [*QUIET, "run.resume=never"]
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import QUIET, TINY
 
 from tpo_fast.config import load_config
 from tpo_fast.data.synthetic import make_pairs
 from tpo_fast.video import FramePlan, decode_counts, probe, reset_decode_counts
 from tpo_fast.video.dali_backend import dali_available
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "configs" / "tiny.yaml"
-QUIET = ["run.progress=false", "run.tensorboard=false", "run.plot=false"]
 BACKENDS = ["pyav", pytest.param("dali_cpu", marks=pytest.mark.skipif(
     not dali_available(), reason="nvidia-dali not installed"))]
 

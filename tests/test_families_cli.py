@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers import QUIET, TINY
 
 from tpo_fast.cli import main
 from tpo_fast.data.pairs import read_pairs
@@ -26,9 +27,7 @@ from tpo_fast.models.tiny_folders import PROCESSOR_TEMPLATE_FAMILIES, save_tiny_
 from tpo_fast.train.metrics import read_metrics
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
-ROOT = Path(__file__).resolve().parent.parent
-TINY = str(ROOT / "configs" / "tiny.yaml")
-QUIET = ["run.progress=false", "run.tensorboard=false", "run.plot=false"]
+TINY = str(TINY)  # main() takes the arguments as strings
 OPTIONS = ["red", "green", "blue"]
 
 

@@ -10,31 +10,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from test_real_paths import _free_port
-from test_resume_world_size import _rank_pid
+from helpers import QUIET, ROOT, TINY, rank_pid, subprocess_env, torchrun_cmd, wait_for
 
 from tpo_fast.cli import main
 from tpo_fast.config import load_config
 from tpo_fast.curate.store import iter_records
 from tpo_fast.curate.synthetic import make_synthetic_videos
-from tpo_fast.data.synthetic import make_pairs
 from tpo_fast.train.loop import Trainer, TrainingError
 from tpo_fast.train.metrics import read_metrics
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "configs" / "tiny.yaml"
-QUIET = ["run.progress=false", "run.tensorboard=false", "run.plot=false"]
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    return make_pairs(tmp_path_factory.mktemp("pairs"), n_pairs=48, n_videos=8, seed=0)
 
 
 def train(pairs, out, *extra):
@@ -122,26 +109,17 @@ def test_curation_on_two_processes_resumes_after_rank_1_is_killed(tmp_path):
             "responses.frames=4", "responses.downsample_factor=2", "captions.windows=2",
             "captions.frames=2", "filter.judge=false", "filter.rules=[empty]",
             "segments.per_video=2", "queries.tasks_per_target=2", "run.progress=false"]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["PYTHONPATH"] = str(ROOT)
 
     def torchrun(out: Path, nproc: int) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-             f"--master_port={_free_port()}", "-m", "tpo_fast.curate.cli", *args,
-             f"run.output_dir={out}"],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            torchrun_cmd([*args, f"run.output_dir={out}"], nproc, module="tpo_fast.curate.cli"),
+            env=subprocess_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     killed = tmp_path / "killed"
     proc = torchrun(killed, 2)
     shard = killed / "stages" / "responses.rank1-of-2.jsonl"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        if shard.exists() and len(list(iter_records(shard))) >= 1:
-            break
-        time.sleep(0.02)
-    pid = _rank_pid(proc.pid, 1)
+    wait_for(lambda: shard.exists() and len(list(iter_records(shard))) >= 1, proc, 600)
+    pid = rank_pid(proc.pid, 1)
     assert pid is not None and proc.poll() is None, "curation ended before rank 1 was killed"
     os.kill(pid, signal.SIGKILL)
     proc.communicate(timeout=120)

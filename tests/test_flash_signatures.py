@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import patched_varlen_attn
 
 from tpo_fast.attention import PackedAttention, backends
 from tpo_fast.attention.reference import prefix_shared_attention_reference
@@ -215,30 +216,13 @@ def test_torch_varlen_call_binds_to_this_torchs_signature(monkeypatch):
     """The torch_varlen backend's call against the installed PyTorch's varlen_attn signature."""
     varlen = pytest.importorskip("torch.nn.attention.varlen")
     sig = inspect.signature(varlen.varlen_attn)
-    seen = []
-
-    def fake(*args, **kwargs):
-        bound = sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        a = bound.arguments
-        seen.append(a)
-        ident = PackedAttention(a["cu_seq_q"], a["cu_seq_k"], a["max_q"], a["max_k"],
-                                torch.arange(a["key"].shape[0]), "sdpa")
-        return prefix_shared_attention_reference(ident, a["query"], a["key"], a["value"],
-                                                 scale=a["scale"])
-
-    fake.__signature__ = sig
-    monkeypatch.setattr(varlen, "varlen_attn", fake)
-    backends._torch_varlen.cache_clear()
-    try:
+    with patched_varlen_attn(monkeypatch, sig) as seen:
         ix = build_indices([5, 9], [3, 1], [2, 4])
         packed = PackedAttention.from_batch(ix, backend="torch_varlen")
         g = torch.Generator().manual_seed(0)
         q = torch.randn(ix.num_tokens, 4, 8, generator=g)
         k, v = (torch.randn(ix.num_tokens, 2, 8, generator=g) for _ in range(2))
         out = backends._torch_varlen_attn(packed, q, k[ix.kv_index], v[ix.kv_index], 0.3, 0.0)
-    finally:
-        backends._torch_varlen.cache_clear()
     torch.testing.assert_close(out, prefix_shared_attention_reference(packed, q, k, v,
                                                                       scale=0.3))
     (a,) = seen

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 
 from benchmarks import gpu_suite
 
-ROOT = Path(__file__).resolve().parents[1]
 NO_PROBE = {"dali": False, "xdist": False, "imports": {}}  # tests of the loop, not the python
 
 
@@ -126,10 +126,48 @@ def test_the_json_is_written_after_every_step(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "gpu_suite.json").read_text())["complete"]
 
 
+def test_the_suites_probe_finds_the_project_in_a_bare_copy(tmp_path):
+    """The default run's stand-in for the rehearsal below (``slow``): the files git tracks (and
+    the untracked ones it does not ignore) copied to a folder with the in-place tpo_fast._C,
+    nothing of the project installed (as benchmarks/gpu_suite.sh leaves it), then the suite's probe
+    under ``python -S`` (no site: the editable install's finder is not loaded) with only the copy
+    and the bare site-packages on PYTHONPATH: tpo_fast, tpo_fast.kernels and tpo_fast._C import
+    from the copy. Not covered here: the kit's wheels and the steps' dry forms (the rehearsal,
+    ``make test-all``)."""
+    import sysconfig
+
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    clone = tmp_path / "clone"
+    for name in filter(None, (f.decode() for f in files)):
+        if (ROOT / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            (clone / name).write_bytes((ROOT / name).read_bytes())
+    # the extension this clone's install built in place (pybind11 is a build-time requirement
+    # only, not in the venv: the build itself is the install's and gpu_suite.sh's)
+    (built,) = (ROOT / "tpo_fast").glob("_C.*")
+    (clone / "tpo_fast" / built.name).write_bytes(built.read_bytes())
+    bare = tmp_path / "python3"  # this venv's python without site (the probe runs it too)
+    bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    bare.chmod(0o755)
+    code = "import json; from benchmarks import gpu_suite; " \
+           f"print(json.dumps(gpu_suite.probe({str(bare)!r})))"
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(clone), sysconfig.get_paths()["purelib"]])}
+    proc = subprocess.run([bare, "-c", code], cwd=clone, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imports = json.loads(proc.stdout.strip().splitlines()[-1])["imports"]
+    assert imports["tpo_fast"] == str(clone / "tpo_fast" / "__init__.py"), imports
+    assert imports["tpo_fast.kernels"] == str(clone / "kernels" / "__init__.py"), imports
+    assert Path(imports["tpo_fast._C"]).parent == clone / "tpo_fast", imports
+
+
 KIT = Path(os.environ.get("GPU_KIT", ROOT.parent / "shared" / "gpu"))
 REHEARSAL_BUDGET_S = 600  # a ceiling: a quiet CI machine takes far less
 
 
+@pytest.mark.slow  # the bare-copy probe above is the default run's check of the imports
 @pytest.mark.skipif(not (KIT / "make-carry").is_file(),
                     reason=f"no GPU kit at {KIT} (../shared/gpu beside the clone, or $GPU_KIT)")
 def test_rehearsal_of_the_machines_call(tmp_path):

@@ -9,13 +9,12 @@ subclass, on a tiny random Qwen2-VL (CPU).
 """
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 from tpo_fast.kernels import dpo_sft_loss, preference_loss
 
-ROOT = Path(__file__).resolve().parents[1]
 FAMILY = "qwen2_vl"
 OPTIONS = dict(beta=0.5, sft_weight=0.3)
 

@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 from conftest import on_test_device
+from tolerance import assert_within_reference_error
 from tpo_fast.kernels import chunked_linear_logprobs, naive_linear_logprobs
 from tpo_fast.kernels import fused_linear_logprobs as _fused_linear_logprobs
 
@@ -58,21 +59,13 @@ def truth_and_naive(hidden, weight, targets, grad):
     return truth, naive
 
 
-def assert_within_twice_naive(got, naive, truth, what):
-    got, naive, truth = (x.detach().double() for x in (got, naive, truth))
-    err = (got - truth).abs().max().item()
-    ref = (naive - truth).abs().max().item()
-    tiny = 1e-6 * (1 + truth.abs().max().item())
-    assert err <= 2 * ref + tiny, f"{what}: error {err:.3e} > 2 x naive's {ref:.3e} + {tiny:.1e}"
-
-
 def check_all(got, truth, naive, hidden, weight):
     logp, grad_hidden, grad_weight = got
     assert logp.dtype == torch.float32 and logp.shape == truth[0].shape
     assert grad_hidden.dtype == hidden.dtype and grad_hidden.shape == hidden.shape
     assert grad_weight.dtype == weight.dtype and grad_weight.shape == weight.shape
     for name, g, n, t in zip(("logp", "grad_hidden", "grad_weight"), got, naive, truth):
-        assert_within_twice_naive(g, n, t, name)
+        assert_within_reference_error(g, n, t, name)
 
 
 IMPLS = {

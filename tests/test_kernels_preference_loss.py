@@ -8,11 +8,12 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from conftest import TEST_DEVICE, on_test_device
+from helpers import ROOT
+from tolerance import assert_within_reference_error
 from tpo_fast.kernels import dpo_sft_loss, naive_linear_logprobs
 from tpo_fast.kernels import preference_loss as _preference_loss
 
@@ -21,7 +22,6 @@ preference_loss = on_test_device(_preference_loss, impls=("triton",))
 
 pytestmark = pytest.mark.usefixtures("nan_empty")
 
-ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LOSSES = {"sigmoid": ("sigmoid", 0.0), "sigmoid_ls": ("sigmoid", 0.1), "ipo": ("ipo", 0.0),
           "hinge": ("hinge", 0.0)}
@@ -60,18 +60,6 @@ def run(hidden, weight, targets, seq_id, **kwargs):
     return loss.detach(), metrics, h.grad, w.grad
 
 
-def assert_within_twice_naive(got, naive, truth, what, scale=None):
-    """|got - truth| <= 2 |naive - truth| + tiny (max norms). tiny = 1e-6 (1 + scale) covers
-    float32 rounding noise; scale is the magnitude the value is computed from: by default its
-    own, for the loss and sequence-level metrics β·max|π| (they are differences of sums π of
-    token log-probs, whose fp32 noise scales with |π|)."""
-    got, naive, truth = (torch.as_tensor(x).detach().double() for x in (got, naive, truth))
-    err = (got - truth).abs().max().item()
-    ref = (naive - truth).abs().max().item()
-    tiny = 1e-6 * (1 + (truth.abs().max().item() if scale is None else scale))
-    assert err <= 2 * ref + tiny, f"{what}: error {err:.3e} > 2 x naive's {ref:.3e} + {tiny:.1e}"
-
-
 METRICS = ("policy_logps", "chosen_rewards", "rejected_rewards", "margins", "dpo_loss",
            "nll_loss")
 
@@ -98,19 +86,19 @@ def test_matches_float64(N, H, V, n_pairs, loss, with_ref, dtype, impl):
     assert loss_.dtype == torch.float32 and loss_.dim() == 0
     assert grad_hidden.dtype == hidden.dtype and grad_weight.dtype == weight.dtype
     scale = beta * truth[1]["policy_logps"].abs().max().item() + truth[0].abs().item()
-    assert_within_twice_naive(loss_, naive[0], truth[0], "loss", scale)
+    assert_within_reference_error(loss_, naive[0], truth[0], "loss", scale)
     for name in METRICS:
         assert metrics[name].shape == truth[1][name].shape, name
-        assert_within_twice_naive(metrics[name], naive[1][name], truth[1][name], name,
-                                  max(scale, truth[1][name].abs().max().item()))
+        assert_within_reference_error(metrics[name], naive[1][name], truth[1][name], name,
+                                      max(scale, truth[1][name].abs().max().item()))
     assert metrics["chosen_tokens"] == truth[1]["chosen_tokens"]
     # reward accuracy: equal wherever the true margin is farther from 0 than the naive error
     margin_err = (naive[1]["margins"].double() - truth[1]["margins"]).abs().max()
     clear = truth[1]["margins"].abs() > 2 * margin_err + 1e-6
     assert torch.equal(metrics["reward_accuracy"][clear].double(),
                        truth[1]["reward_accuracy"][clear])
-    assert_within_twice_naive(grad_hidden, naive[2], truth[2], "grad_hidden")
-    assert_within_twice_naive(grad_weight, naive[3], truth[3], "grad_weight")
+    assert_within_reference_error(grad_hidden, naive[2], truth[2], "grad_hidden")
+    assert_within_reference_error(grad_weight, naive[3], truth[3], "grad_weight")
 
 
 def expected_loss(token_logps, seq_id, n_pairs, ref, beta, alpha, loss_type, eps,
@@ -236,7 +224,7 @@ def test_one_pair_of_one_token_responses(dtype):
     naive = run(hidden, weight, targets, seq_id, impl="naive", **kwargs)
     got = run(hidden, weight, targets, seq_id, impl="triton", **kwargs)
     for i, name in ((0, "loss"), (2, "grad_hidden"), (3, "grad_weight")):
-        assert_within_twice_naive(got[i], naive[i], truth[i], name)
+        assert_within_reference_error(got[i], naive[i], truth[i], name)
 
 
 def test_auto_impl_on_cpu_is_the_chunked_reference():
@@ -342,11 +330,11 @@ def test_gpu_matches_float64_at_qwen2_7b_head_shape():
     naive = run(hidden, weight, targets, seq_id, impl="naive", **kwargs)
     got = run(hidden, weight, targets, seq_id, impl="triton", **kwargs)
     scale = 0.3 * truth[1]["policy_logps"].abs().max().item() + truth[0].abs().item()
-    assert_within_twice_naive(got[0], naive[0], truth[0], "loss", scale)
-    assert_within_twice_naive(got[1]["policy_logps"], naive[1]["policy_logps"],
-                              truth[1]["policy_logps"], "policy_logps", scale)
-    assert_within_twice_naive(got[2], naive[2], truth[2], "grad_hidden")
-    assert_within_twice_naive(got[3], naive[3], truth[3], "grad_weight")
+    assert_within_reference_error(got[0], naive[0], truth[0], "loss", scale)
+    assert_within_reference_error(got[1]["policy_logps"], naive[1]["policy_logps"],
+                                  truth[1]["policy_logps"], "policy_logps", scale)
+    assert_within_reference_error(got[2], naive[2], truth[2], "grad_hidden")
+    assert_within_reference_error(got[3], naive[3], truth[3], "grad_weight")
 
 
 @pytest.mark.gpu

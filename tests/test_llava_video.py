@@ -24,8 +24,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
-from test_real_paths import QUIET, tpo_fast
+from helpers import (
+    QUIET,
+    ROOT,
+    qwen2_decoder_layer_shapes,
+    tpo_fast,
+    vision_encoder_layer_shapes,
+    write_sharded_checkpoint,
+)
 
 from tpo_fast.models import (
     PreferenceModel,
@@ -43,7 +49,6 @@ from tpo_fast.models.llava_video_checkpoint import KNOWN_VISION_TOWERS, resolve_
 from tpo_fast.models.stock import stock_pair_logps
 from tpo_fast.models.tiny import tiny_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 TOWER = "model.vision_tower.vision_tower.vision_model."
 # SigLIP: 20 px frames, 4 px patches -> a 5x5 grid (odd, as so400m's 27x27), pooled bilinearly
 # to ceil(5/2) = 3x3; grid newlines: 3 x (3 + 1) = 12 tokens a frame. 2 stored layers.
@@ -87,51 +92,21 @@ def llava_video_shapes(cfg: dict) -> dict:
     spec. SigLIP has no class token (positions = grid²) and keeps post_layernorm's weights (the
     module stays, LLaVA-NeXT reads hidden_states[-1] before it); head = Identity stores none."""
     c, i_v, grid = SIGLIP["hidden_size"], SIGLIP["intermediate_size"], 20 // 4
-    h, i_t, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    h, v = cfg["hidden_size"], cfg["vocab_size"]
     shapes = {TOWER + "embeddings.patch_embedding.weight": (c, 3, 4, 4),
               TOWER + "embeddings.patch_embedding.bias": (c,),
               TOWER + "embeddings.position_embedding.weight": (grid * grid, c),
               TOWER + "post_layernorm.weight": (c,), TOWER + "post_layernorm.bias": (c,)}
-    for n in range(SIGLIP["num_hidden_layers"]):
-        layer = f"{TOWER}encoder.layers.{n}."
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes |= {f"{layer}self_attn.{proj}.weight": (c, c),
-                       f"{layer}self_attn.{proj}.bias": (c,)}
-        for norm in ("layer_norm1", "layer_norm2"):
-            shapes |= {f"{layer}{norm}.weight": (c,), f"{layer}{norm}.bias": (c,)}
-        shapes |= {f"{layer}mlp.fc1.weight": (i_v, c), f"{layer}mlp.fc1.bias": (i_v,),
-                   f"{layer}mlp.fc2.weight": (c, i_v), f"{layer}mlp.fc2.bias": (c,)}
+    shapes |= vision_encoder_layer_shapes(TOWER, c, i_v, SIGLIP["num_hidden_layers"])
     shapes |= {"model.mm_projector.0.weight": (h, c), "model.mm_projector.0.bias": (h,),
                "model.mm_projector.2.weight": (h, h), "model.mm_projector.2.bias": (h,),
                "model.image_newline": (h,), "model.embed_tokens.weight": (v, h),
                "model.norm.weight": (h,), "lm_head.weight": (v, h)}
-    for n in range(cfg["num_hidden_layers"]):
-        layer = f"model.layers.{n}."
-        for proj, rows in (("q_proj", h), ("k_proj", kv), ("v_proj", kv)):
-            shapes |= {f"{layer}self_attn.{proj}.weight": (rows, h),
-                       f"{layer}self_attn.{proj}.bias": (rows,)}
-        shapes |= {layer + "self_attn.o_proj.weight": (h, h),
-                   layer + "mlp.gate_proj.weight": (i_t, h), layer + "mlp.up_proj.weight": (i_t, h),
-                   layer + "mlp.down_proj.weight": (h, i_t),
-                   layer + "input_layernorm.weight": (h,),
-                   layer + "post_attention_layernorm.weight": (h,)}
-    return shapes
+    return shapes | qwen2_decoder_layer_shapes(cfg)
 
 
 def write_checkpoint(folder: Path, cfg: dict, tensors: dict, tokenizer, shards: int = 3) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
-    names = list(tensors)
-    weights, total = {}, 0
-    for s in range(shards):
-        file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: tensors[n] for n in names[s::shards]}
-        save_file(part, folder / file, metadata={"format": "pt"})
-        weights |= dict.fromkeys(part, file)
-        total += sum(t.numel() * t.element_size() for t in part.values())
-    (folder / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weights}))
+    write_sharded_checkpoint(folder, cfg, tensors, shards)
     tokenizer.save_pretrained(folder)
 
 

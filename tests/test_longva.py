@@ -17,9 +17,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import (
+    ROOT,
+    count_calls,
+    qwen2_decoder_layer_shapes,
+    tiny_video_pairs,
+    vision_encoder_layer_shapes,
+    write_sharded_checkpoint,
+)
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_models_packed import count_calls, make_pairs, stock_logps
 
 from tpo_fast.config import load_config
 from tpo_fast.models import PreferenceModel, adapter_for, load_longva, save_longva
@@ -34,9 +41,9 @@ from tpo_fast.models.longva_checkpoint import (
     LongVACheckpointError,
     is_longva_checkpoint,
 )
+from tpo_fast.models.stock import stock_pair_logps
 from tpo_fast.models.tiny import tiny_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 TOWER = "model.vision_tower.vision_tower.vision_model."
 # CLIP: 24 px frames, 4 px patches -> a 6x6 grid, pooled 2x2 -> 9 tokens per frame; 3 layers, so
 # select layer -2 (the output of layer 1 of 0..2) is neither the first nor the last.
@@ -68,37 +75,18 @@ def longva_config(vocab_size: int) -> dict:
 def longva_shapes(cfg: dict) -> dict:
     """Every tensor of a LongVA (LlavaQwenForCausalLM) checkpoint, by name: the layout spec."""
     c, i_v, grid = CLIP["hidden_size"], CLIP["intermediate_size"], 24 // 4
-    h, i_t, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    h, v = cfg["hidden_size"], cfg["vocab_size"]
     shapes = {TOWER + "embeddings.class_embedding": (c,),
               TOWER + "embeddings.patch_embedding.weight": (c, 3, 4, 4),
               TOWER + "embeddings.position_embedding.weight": (grid * grid + 1, c),
               TOWER + "pre_layrnorm.weight": (c,), TOWER + "pre_layrnorm.bias": (c,),
               TOWER + "post_layernorm.weight": (c,), TOWER + "post_layernorm.bias": (c,)}
-    for n in range(CLIP["num_hidden_layers"]):
-        layer = f"{TOWER}encoder.layers.{n}."
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes |= {f"{layer}self_attn.{proj}.weight": (c, c),
-                       f"{layer}self_attn.{proj}.bias": (c,)}
-        for norm in ("layer_norm1", "layer_norm2"):
-            shapes |= {f"{layer}{norm}.weight": (c,), f"{layer}{norm}.bias": (c,)}
-        shapes |= {f"{layer}mlp.fc1.weight": (i_v, c), f"{layer}mlp.fc1.bias": (i_v,),
-                   f"{layer}mlp.fc2.weight": (c, i_v), f"{layer}mlp.fc2.bias": (c,)}
+    shapes |= vision_encoder_layer_shapes(TOWER, c, i_v, CLIP["num_hidden_layers"])
     shapes |= {"model.mm_projector.0.weight": (h, c), "model.mm_projector.0.bias": (h,),
                "model.mm_projector.2.weight": (h, h), "model.mm_projector.2.bias": (h,),
                "model.embed_tokens.weight": (v, h), "model.norm.weight": (h,),
                "lm_head.weight": (v, h)}
-    for n in range(cfg["num_hidden_layers"]):
-        layer = f"model.layers.{n}."
-        for proj, rows in (("q_proj", h), ("k_proj", kv), ("v_proj", kv)):
-            shapes |= {f"{layer}self_attn.{proj}.weight": (rows, h),
-                       f"{layer}self_attn.{proj}.bias": (rows,)}
-        shapes |= {layer + "self_attn.o_proj.weight": (h, h),
-                   layer + "mlp.gate_proj.weight": (i_t, h), layer + "mlp.up_proj.weight": (i_t, h),
-                   layer + "mlp.down_proj.weight": (h, i_t),
-                   layer + "input_layernorm.weight": (h,),
-                   layer + "post_attention_layernorm.weight": (h,)}
-    return shapes
+    return shapes | qwen2_decoder_layer_shapes(cfg)
 
 
 def our_name(name: str) -> str:
@@ -111,19 +99,6 @@ def our_name(name: str) -> str:
     raise AssertionError(name)
 
 
-def write_checkpoint(folder: Path, cfg: dict, tensors: dict, shards: int = 3) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
-    names = list(tensors)
-    weight_map, total = {}, 0
-    for s in range(shards):
-        file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: tensors[n] for n in names[s::shards]}
-        save_file(part, folder / file, metadata={"format": "pt"})
-        weight_map |= dict.fromkeys(part, file)
-        total += sum(t.numel() * t.element_size() for t in part.values())
-    (folder / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weight_map}))
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +115,7 @@ def checkpoint(tmp_path_factory, tokenizer):
         value = torch.randn(shape, generator=g) * (0.3 if name.endswith("bias") else 0.15)
         tensors[name] = value + 1 if "norm" in name and name.endswith("weight") else value
     folder = tmp_path_factory.mktemp("LongVA-tiny")
-    write_checkpoint(folder, cfg, tensors)
+    write_sharded_checkpoint(folder, cfg, tensors)
     return SimpleNamespace(folder=folder, cfg=cfg, tensors=tensors)
 
 
@@ -215,11 +190,11 @@ def test_packed_equals_unpacked_on_the_loaded_checkpoint(checkpoint, tokenizer,
     trainable = {n: p.requires_grad for n, p in fast.model.named_parameters()}
     for name, p in slow.named_parameters():
         p.requires_grad_(trainable[name])
-    pairs = make_pairs("longva", tokenizer, slow, 4, seed=3)
+    pairs = tiny_video_pairs("longva", tokenizer, slow, 4, seed=3)
     weights = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
 
     slow_calls, h1 = count_calls(slow.vision_tower)
-    want = stock_logps(slow, *pairs)
+    want = stock_pair_logps(slow, *pairs)
     (want * weights).sum().backward()
     fast_calls, h2 = count_calls(fast.model.vision_tower)
     got = fast.policy_logps(fast.pack(*pairs))

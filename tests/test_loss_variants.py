@@ -23,6 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import on_test_device
+from tolerance import assert_within_reference_error
 from tpo_fast.kernels import (
     LOSS_TYPES,
     NEEDS_REFERENCE,
@@ -194,15 +195,6 @@ def run_trl(p, loss_types, loss_weights, dtype, label_smoothing=0.0, bco=None, r
     return loss.detach(), p.packed(rows.grad), weight.grad
 
 
-def within_twice(got, ref32, truth, what, scale=None):
-    got, ref32, truth = (torch.as_tensor(x).detach().double() for x in (got, ref32, truth))
-    err = (got - truth).abs().max().item()
-    ref_err = (ref32 - truth).abs().max().item()
-    tiny = 1e-6 * (1 + (truth.abs().max().item() if scale is None else scale))
-    assert err <= 2 * ref_err + tiny, (f"{what}: error {err:.3e} > 2 x the transcription's "
-                                       f"float32 error {ref_err:.3e} + {tiny:.1e}")
-
-
 def close(got, want, what):
     """fp32 against fp32 (Liger): the difference is summation-order noise, ~1e-7 relative;
     a wrong formula is off by O(1)."""
@@ -270,9 +262,9 @@ def test_matches_trl_formulas(case, impl):
     scale = BETA * p.ref_logps.abs().max().item() + truth[0].abs().item()
     if loss_type in ("ipo", "sppo_hard"):  # squares of log-ratios: noise scales with them
         scale = scale ** 2
-    within_twice(loss, ref32[0], truth[0], "loss", scale)
-    within_twice(grad_hidden, ref32[1], truth[1], "grad_hidden")
-    within_twice(grad_weight, ref32[2], truth[2], "grad_weight")
+    assert_within_reference_error(loss, ref32[0], truth[0], "loss", scale)
+    assert_within_reference_error(grad_hidden, ref32[1], truth[1], "grad_hidden")
+    assert_within_reference_error(grad_weight, ref32[2], truth[2], "grad_weight")
 
 
 MIX = (["sigmoid", "bco_pair", "ipo", "discopop"], [0.8, 0.2, 0.5, 1.3])
@@ -286,9 +278,9 @@ def test_weighted_mix_matches_trl(impl):
     loss, metrics, grad_hidden, grad_weight = run_ours(p, impl, loss_type=MIX[0],
                                                       loss_weights=MIX[1])
     scale = (BETA * p.ref_logps.abs().max().item() + truth[0].abs().item()) ** 2
-    within_twice(loss, ref32[0], truth[0], "loss", scale)
-    within_twice(grad_hidden, ref32[1], truth[1], "grad_hidden")
-    within_twice(grad_weight, ref32[2], truth[2], "grad_weight")
+    assert_within_reference_error(loss, ref32[0], truth[0], "loss", scale)
+    assert_within_reference_error(grad_hidden, ref32[1], truth[1], "grad_hidden")
+    assert_within_reference_error(grad_weight, ref32[2], truth[2], "grad_weight")
     # rewards of a mix are the summed log-ratios' (IPO's averaging is its own term's)
     summed = ours("sigmoid", impl)[1]["chosen_rewards"]
     torch.testing.assert_close(metrics["chosen_rewards"], summed)
@@ -305,9 +297,9 @@ def test_one_pair_every_type_mixed_matches_trl(impl):
     loss, _, grad_hidden, grad_weight = run_ours(p, impl, loss_type=types, loss_weights=weights,
                                                  label_smoothing=1e-3)
     scale = (BETA * p.ref_logps.abs().max().item() + truth[0].abs().item()) ** 2
-    within_twice(loss, ref32[0], truth[0], "loss", scale)
-    within_twice(grad_hidden, ref32[1], truth[1], "grad_hidden")
-    within_twice(grad_weight, ref32[2], truth[2], "grad_weight")
+    assert_within_reference_error(loss, ref32[0], truth[0], "loss", scale)
+    assert_within_reference_error(grad_hidden, ref32[1], truth[1], "grad_hidden")
+    assert_within_reference_error(grad_weight, ref32[2], truth[2], "grad_weight")
 
 
 def test_mix_is_the_weighted_sum_of_single_types():
@@ -336,8 +328,8 @@ def test_bco_running_mean_matches_trl_before_0_29(impl="chunked"):
         ref32 = run_trl(p, ["bco_pair"], [1.0], torch.float32, bco=trl_state32)
         loss, _, grad_hidden, _ = run_ours(p, impl, loss_type="bco_pair", bco_delta=state)
         assert state.mean == pytest.approx(trl_state.mean, rel=1e-5, abs=1e-6)
-        within_twice(loss, ref32[0], truth[0], "loss", 1.0)
-        within_twice(grad_hidden, ref32[1], truth[1], "grad_hidden")
+        assert_within_reference_error(loss, ref32[0], truth[0], "loss", 1.0)
+        assert_within_reference_error(grad_hidden, ref32[1], truth[1], "grad_hidden")
     assert state.count == 3 and state.mean != 0
     resumed = RunningRewardMean()
     resumed.load_state_dict(state.state_dict())
@@ -346,7 +338,7 @@ def test_bco_running_mean_matches_trl_before_0_29(impl="chunked"):
     fixed = run_ours(p, impl, loss_type="bco_pair", bco_delta=0.7)
     truth = run_trl(p, ["bco_pair"], [1.0], torch.float64, bco=0.7)
     ref32 = run_trl(p, ["bco_pair"], [1.0], torch.float32, bco=0.7)
-    within_twice(fixed[0], ref32[0], truth[0], "loss (fixed delta)", 1.0)
+    assert_within_reference_error(fixed[0], ref32[0], truth[0], "loss (fixed delta)", 1.0)
     assert not torch.allclose(fixed[0], run_ours(p, impl, loss_type="bco_pair")[0])
     as_tensor = run_ours(p, impl, loss_type="bco_pair", bco_delta=torch.tensor(0.7))
     torch.testing.assert_close(as_tensor[0], fixed[0])
@@ -366,11 +358,7 @@ def test_bf16_every_type_on_the_triton_path():
     assert got[2].dtype == torch.bfloat16 and got[3].dtype == torch.bfloat16
     scale = (BETA * p.ref_logps.abs().max().item() + truth[0].abs().item()) ** 2
     for i, what, s in ((0, "loss", scale), (2, "grad_hidden", None), (3, "grad_weight", None)):
-        got_i, naive_i, truth_i = (x[i] for x in (got, naive, truth))
-        err = (got_i.double() - truth_i).abs().max().item()
-        ref_err = (naive_i.double() - truth_i).abs().max().item()
-        tiny = 1e-6 * (1 + (truth_i.abs().max().item() if s is None else s))
-        assert err <= 2 * ref_err + tiny, f"{what}: {err:.3e} > 2 x {ref_err:.3e} + {tiny:.1e}"
+        assert_within_reference_error(got[i], naive[i], truth[i], what, s)
 
 
 def test_metrics_do_not_depend_on_the_loss_type():

@@ -11,6 +11,8 @@ import copy
 
 import pytest
 import torch
+from helpers import video_feature_rows
+from tolerance import assert_within_reference_error
 
 from tpo_fast.models import PreferenceModel, adapter_for, supported_families
 from tpo_fast.models.generic import GenericVideoAdapter, UnsupportedModelError
@@ -20,7 +22,6 @@ from tpo_fast.models.tiny import FAMILIES, random_video, tiny_model, tiny_tokeni
 
 QUESTIONS = ["how many shapes appeared ?", "what happened right after the red star vanished ?",
              "which shape moved left ?"]
-EPS32 = torch.finfo(torch.float32).eps
 
 
 def frame_step(config) -> int:
@@ -59,16 +60,6 @@ def stock_logps(model, adapter, prompts, chosen, rejected, videos):
     return stock_pair_logps(model, prompts, chosen, rejected, videos)
 
 
-def _within(got, ref, truth, what):
-    """err(got) <= 2 err(ref) + 8 ulp of the truth's scale (elementwise error, max-reduced)."""
-    truth = truth.double()
-    err_got = (got.detach().double() - truth).abs().max()
-    err_ref = (ref.detach().double() - truth).abs().max()
-    bound = 2 * err_ref + 8 * EPS32 * max(1.0, float(truth.abs().max()))
-    assert err_got <= bound, f"{what}: error {float(err_got):.3g} > {float(bound):.3g} " \
-                             f"(stock float32 error {float(err_ref):.3g})"
-
-
 def check_family(family, n_pairs=2, seed=0):
     require_family(family)
     tokenizer = tiny_tokenizer(family)
@@ -96,7 +87,7 @@ def check_family(family, n_pairs=2, seed=0):
     # none while packing (token counts come from formulas, not from running the tower)
     assert len(calls) == 1, f"{family}: {len(calls)} vision-tower calls"
 
-    _within(got, grads["stock"][0], grads["truth"][0], f"{family} log-probs")
+    assert_within_reference_error(got, grads["stock"][0], grads["truth"][0], f"{family} log-probs")
     checked = 0
     for name, p in fast.model.named_parameters():
         ref, truth = grads["stock"][1][name].grad, grads["truth"][1][name].grad
@@ -104,7 +95,7 @@ def check_family(family, n_pairs=2, seed=0):
             assert p.grad is None or not p.grad.any(), name
             continue
         assert p.grad is not None, f"{family}: {name} got no gradient"
-        _within(p.grad, ref, truth, f"{family} grad {name}")
+        assert_within_reference_error(p.grad, ref, truth, f"{family} grad {name}")
         checked += 1
     assert checked > 10
     return fast, batch
@@ -146,9 +137,7 @@ def test_video_token_count_matches_the_features(family):
         video = random_video(family, model.config, frames)
         with torch.no_grad():
             features = adapter.video_features(video)
-        pooled = features.pooler_output
-        rows = sum(p.reshape(-1, p.shape[-1]).shape[0] for p in pooled) if isinstance(
-            pooled, (tuple, list)) else pooled.reshape(-1, pooled.shape[-1]).shape[0]
+        rows = video_feature_rows(features.pooler_output)
         assert rows == adapter.num_video_tokens(video)
         prompt = adapter.prompt_ids(tokenizer, "how many shapes appeared ?", video)
         assert prompt.count(adapter.video_token_id) == rows
@@ -237,4 +226,4 @@ def test_packed_bf16_on_cuda(family, backend):
         stock_bf16 = stock_logps(bf16, adapter, *pairs)
         fast = PreferenceModel(bf16, attention_backend=backend)
         got = fast.policy_logps(fast.pack(*pairs))
-    assert (got - truth).abs().max() <= 2 * (stock_bf16 - truth).abs().max() + 1e-2
+    assert_within_reference_error(got, stock_bf16, truth, f"{family} bf16 log-probs", tiny=1e-2)

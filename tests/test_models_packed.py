@@ -10,45 +10,17 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import count_calls, tiny_video_pairs
+from tolerance import assert_within_reference_error
 
 from tpo_fast.models import SUPPORTED, PreferenceModel, adapter_class, adapter_for
 from tpo_fast.models.stock import stock_pair_logps
 from tpo_fast.models.tiny import FAMILIES, random_video, tiny_model, tiny_tokenizer
 
-QUESTIONS = [
-    "what colour was the circle that appeared between 0 : 04 and 0 : 06 ?",
-    "how many shapes appeared ?",
-    "what happened right after the red star vanished ?",
-    "in what order did the colours appear ?",
-    "which shape moved left ?",
-]
-
-
-def make_pairs(family, tokenizer, model, n_pairs, seed, one_token=False):
-    adapter = adapter_for(model)
-    step = 2 if family.startswith("qwen") else 1  # Qwen-VL: frames come in temporal patches
-    gen = torch.Generator().manual_seed(seed)
-    videos, prompts, chosen, rejected = [], [], [], []
-    for i in range(n_pairs):
-        frames = step * (1 + (i * 2 + seed) % 3)
-        video = random_video(family, model.config, frames, seed=seed * 100 + i)
-        videos.append(video)
-        prompts.append(adapter.prompt_ids(tokenizer, QUESTIONS[(i + seed) % 5], video))
-        lens = (1, 1) if one_token else (1 + (3 * i + seed) % 6, 1 + (5 * i + 2 * seed) % 4)
-        chosen.append(torch.randint(20, len(tokenizer), (lens[0],), generator=gen).tolist())
-        rejected.append(torch.randint(20, len(tokenizer), (lens[1],), generator=gen).tolist())
-    return prompts, chosen, rejected, videos
-
 
 def stock_logps(model, prompts, chosen, rejected, videos):
     """The obvious slow path: each pair as two rows through the stock forward + log_softmax."""
     return stock_pair_logps(model, prompts, chosen, rejected, videos)
-
-
-def count_calls(module):
-    calls = []
-    handle = module.register_forward_hook(lambda *args: calls.append(1))
-    return calls, handle
 
 
 def check_equivalence(family, n_pairs, seed, one_token=False, **model_options):
@@ -58,7 +30,7 @@ def check_equivalence(family, n_pairs, seed, one_token=False, **model_options):
     trainable = {n: p.requires_grad for n, p in fast.model.named_parameters()}
     for name, p in slow_model.named_parameters():
         p.requires_grad_(trainable[name])
-    pairs = make_pairs(family, tokenizer, slow_model, n_pairs, seed, one_token)
+    pairs = tiny_video_pairs(family, tokenizer, slow_model, n_pairs, seed, one_token)
     weights = torch.randn(n_pairs, 2, generator=torch.Generator().manual_seed(seed))
 
     slow_calls, h1 = count_calls(adapter_for(slow_model).vision_tower())
@@ -144,7 +116,7 @@ def test_trainable_vision_tower(family):
 def test_everything_visual_frozen_runs_under_no_grad():
     tokenizer = tiny_tokenizer("qwen2_vl")
     fast = PreferenceModel(tiny_model("qwen2_vl", tokenizer), train_projector=False)
-    pairs = make_pairs("qwen2_vl", tokenizer, fast.model, 2, seed=4)
+    pairs = tiny_video_pairs("qwen2_vl", tokenizer, fast.model, 2, seed=4)
     features = fast.encode_videos(pairs[3])
     assert not any(f.requires_grad for f in features.pooler_output)
     fast.policy_logps(fast.pack(*pairs)).sum().backward()
@@ -170,7 +142,7 @@ def test_video_token_count_matches_the_model(family):
 def test_hidden_states_shape_and_lm_head():
     tokenizer = tiny_tokenizer("llava_onevision")
     fast = PreferenceModel(tiny_model("llava_onevision", tokenizer))
-    batch = fast.pack(*make_pairs("llava_onevision", tokenizer, fast.model, 2, seed=5))
+    batch = fast.pack(*tiny_video_pairs("llava_onevision", tokenizer, fast.model, 2, seed=5))
     hidden = fast.hidden_states(batch)
     assert hidden.shape == (len(batch.logit_index), fast.model.config.text_config.hidden_size)
     assert fast.lm_head_weight().shape == (len(tokenizer), hidden.shape[1])
@@ -185,7 +157,8 @@ def test_unsupported_model_lists_supported():
 def test_bad_pairs_are_clear_errors():
     tokenizer = tiny_tokenizer("qwen2_vl")
     fast = PreferenceModel(tiny_model("qwen2_vl", tokenizer))
-    prompts, chosen, rejected, videos = make_pairs("qwen2_vl", tokenizer, fast.model, 2, seed=6)
+    prompts, chosen, rejected, videos = tiny_video_pairs("qwen2_vl", tokenizer, fast.model, 2,
+                                                         seed=6)
     video_id = fast.adapter.video_token_id
     longer = {"pixel_values_videos": torch.randn(8 * 16, 96),
               "video_grid_thw": torch.tensor([[8, 4, 4]])}
@@ -250,7 +223,7 @@ def test_packed_bf16_on_cuda(family, backend):
         pytest.skip(f"{backend} not installed")
     tokenizer = tiny_tokenizer(family)
     truth_model = tiny_model(family, tokenizer, seed=7).cuda()
-    pairs = make_pairs(family, tokenizer, truth_model, 4, seed=7)
+    pairs = tiny_video_pairs(family, tokenizer, truth_model, 4, seed=7)
     pairs = (*pairs[:3], [{k: v.cuda() if torch.is_tensor(v) else v for k, v in video.items()}
                           for video in pairs[3]])
     with torch.no_grad():
@@ -259,7 +232,7 @@ def test_packed_bf16_on_cuda(family, backend):
         stock_bf16 = stock_logps(bf16, *pairs)
         fast = PreferenceModel(bf16, attention_backend=backend)
         got = fast.policy_logps(fast.pack(*pairs))
-    assert (got - truth).abs().max() <= 2 * (stock_bf16 - truth).abs().max() + 1e-2
+    assert_within_reference_error(got, stock_bf16, truth, f"{family} bf16 log-probs", tiny=1e-2)
 
 
 def test_packed_forward_benchmark_smoke(tmp_path):

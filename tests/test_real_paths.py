@@ -8,56 +8,20 @@ all pairs), so each step sees the same pairs however the plan splits them over r
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import QUIET, ROOT, TINY, assert_losses_equal, tpo_fast
 
 from tpo_fast.data.synthetic import make_pairs
 from tpo_fast.models.tiny_folders import save_tiny_model
 from tpo_fast.train.metrics import read_metrics
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "configs" / "tiny.yaml"
-QUIET = ["run.progress=false", "run.tensorboard=false", "run.plot=false"]
 # The tiny preset's model as a folder, trained with every pair in each optimizer step.
 EQUAL_STEPS = ["model.tiny=null", "optim.global_batch_size=48", "optim.epochs=3", "optim.lr=5e-3",
                "optim.warmup_ratio=0", "data.token_budget=400", "loss.reference=model"]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
-                        "LOCAL_WORLD_SIZE")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def tpo_fast(args, nproc=1, timeout=600):
-    """``tpo-fast ARGS`` under torchrun with ``nproc`` processes; returns the finished process."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={_free_port()}", "-m", "tpo_fast", *map(str, args)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
-
-
-def assert_losses_equal(one, two, tol=1e-5):
-    assert len(one) == len(two) and one
-    for a, b in zip(one, two):
-        assert a["pairs"] == b["pairs"]
-        assert abs(a["loss"] - b["loss"]) <= tol * max(1.0, abs(a["loss"])), (a, b)
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +32,6 @@ def folders(tmp_path_factory):
             "qwen2_5_vl": save_tiny_model("qwen2_5_vl", root / "qwen2_5_vl", frame_size=32),
             "longva": save_tiny_model("longva", root / "longva"),
             "llava_video": save_tiny_model("llava_video", root / "llava_video")}
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    return make_pairs(tmp_path_factory.mktemp("pairs"), n_pairs=48, n_videos=8, seed=0)
 
 
 def train_args(folder, pairs, out, *extra, config=TINY):

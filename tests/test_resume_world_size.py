@@ -19,13 +19,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_real_paths import QUIET, TINY, _env, _free_port, tpo_fast
+from helpers import QUIET, TINY, rank_pid, subprocess_env, torchrun_cmd, tpo_fast, wait_for
 
 from tpo_fast.config import load_config
 from tpo_fast.data.synthetic import make_pairs
@@ -75,36 +74,23 @@ def uninterrupted(setup, tmp_path_factory):
     return out
 
 
-def _rank_pid(launcher: int, rank: int) -> int | None:
-    """The pid of the torchrun worker with RANK=rank (a child of the launcher)."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            env = (proc / "environ").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == launcher and f"RANK={rank}".encode() in env:
-            return int(proc.name)
-    return None
+def _rank_1_after_step_1(cmd, out, err):
+    """Start the 2-process ``cmd`` (stderr to ``err``) and wait until it has written its step-1
+    checkpoint; returns the launcher and rank 1's pid."""
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=err)
+    wait_for((out / "checkpoints" / "step-000001").is_dir, proc, 600, poll=0.05)
+    pid = rank_pid(proc.pid, 1)
+    assert pid is not None and proc.poll() is None, "the run ended before rank 1 was signalled"
+    return proc, pid
 
 
 @pytest.mark.multiprocess_cpu
 def test_sigkill_of_rank_1_ends_the_job_and_the_rerun_equals(setup, uninterrupted, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", "-m", "tpo_fast",
-           *map(str, args(setup, out, *WHOLE))]
+    cmd = torchrun_cmd(args(setup, out, *WHOLE), 2)
     log = tmp_path / "killed.log"
     with log.open("w") as err:
-        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + 600
-        target = out / "checkpoints" / "step-000001"
-        while not target.is_dir() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        pid = _rank_pid(proc.pid, 1)
-        assert pid is not None and proc.poll() is None, "the run ended before it was killed"
+        proc, pid = _rank_1_after_step_1(cmd, out, err)
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
         proc.wait(timeout=120)
@@ -126,19 +112,11 @@ def test_a_stopped_peer_ends_the_job_after_the_collective_timeout(setup, tmp_pat
     """Rank 1 stops answering (SIGSTOP) without closing its sockets: rank 0's next collective
     gives up after deepspeed.timeout_minutes and the job ends, naming rank 0 and the step."""
     out = tmp_path / "stopped"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", "-m", "tpo_fast",
-           *map(str, args(setup, out, *WHOLE, "deepspeed.timeout_minutes=0.25"))]
+    cmd = torchrun_cmd(args(setup, out, *WHOLE, "deepspeed.timeout_minutes=0.25"), 2)
     log = tmp_path / "stopped.log"
     with log.open("w") as err:
-        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+        proc, pid = _rank_1_after_step_1(cmd, out, err)
         try:
-            deadline = time.monotonic() + 600
-            target = out / "checkpoints" / "step-000001"
-            while not target.is_dir() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            pid = _rank_pid(proc.pid, 1)
-            assert pid is not None and proc.poll() is None, "the run ended before rank 1 stopped"
             os.kill(pid, signal.SIGSTOP)
             stopped_at = time.monotonic()
             proc.wait(timeout=180)

@@ -25,13 +25,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_real_paths import QUIET, TINY, _env, _free_port, assert_losses_equal, tpo_fast
+from helpers import (
+    QUIET,
+    TESTS,
+    TINY,
+    assert_losses_equal,
+    free_port,
+    subprocess_env,
+    tpo_fast,
+)
 
 from tpo_fast.config import ConfigError, load_config
 from tpo_fast.packing import pack_pairs
 from tpo_fast.sequence_parallel import check_heads, shard_features, shard_plan
 
-ROOT = Path(__file__).resolve().parent.parent
 VIDEO = 7  # the video token id of the hand-made batch
 
 
@@ -149,7 +156,7 @@ def test_sp_size_must_divide_the_processes(tmp_path):
     cmd = [sys.executable, "-m", "tpo_fast", "train", str(TINY), *QUIET,
            "deepspeed.sequence_parallel_size=2", f"run.output_dir={tmp_path}",
            f"data.train={tmp_path / 'pairs.jsonl'}"]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "sequence_parallel_size=2 does not divide the 1 processes" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -166,10 +173,8 @@ SPLITS_FRAMES = {"qwen2_vl": True, "llava_onevision": True, "longva": True, "qwe
 def test_sp2_equals_sp1_loss_and_every_gradient(family, tmp_path):
     out = tmp_path / "result.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", str(ROOT / "tests" / "sp_worker.py"), family,
-           str(out)]
-    env = _env()
-    env["PYTHONPATH"] = str(ROOT / "tests") + ":" + env["PYTHONPATH"]
+           f"--master_port={free_port()}", str(TESTS / "sp_worker.py"), family, str(out)]
+    env = subprocess_env(tests_on_path=True)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = json.loads(out.read_text())

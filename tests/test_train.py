@@ -4,31 +4,18 @@ the presets from model folders: test_real_paths.py.
 """
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import QUIET, ROOT, TINY, subprocess_env, torchrun_cmd, wait_for
 
 from tpo_fast.cli import main
 from tpo_fast.config import load_config
-from tpo_fast.data.synthetic import make_pairs
 from tpo_fast.train.loop import Trainer, TrainingError
 from tpo_fast.train.metrics import read_metrics
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "configs" / "tiny.yaml"
-QUIET = ["run.progress=false", "run.tensorboard=false", "run.plot=false"]
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    return make_pairs(tmp_path_factory.mktemp("pairs"), n_pairs=48, n_videos=8, seed=0)
 
 
 def overrides(pairs, out, *extra):
@@ -43,21 +30,6 @@ def run(pairs, out, *extra):
 
 def losses(rows):
     return [r["loss"] for r in rows]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-def _env():
-    env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
-                "LOCAL_WORLD_SIZE"):
-        env.pop(key, None)  # set by in-process runs of this test module
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def test_tiny_run_learns_and_exports(pairs, tmp_path):
@@ -103,27 +75,24 @@ def test_fast_path_equals_slow_path(pairs, tmp_path):
 
 
 def _train_cmd(config_args, nproc=1):
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-            f"--master_port={_free_port()}", "-m", "tpo_fast", "train", str(TINY), *config_args]
+    return torchrun_cmd(["train", TINY, *config_args], nproc)
 
 
 def test_sigkill_and_resume_reproduce_the_run(pairs, tmp_path):
     common = ["optim.max_steps=14", "optim.epochs=50", "run.save_every=3",
               "loss.reference=model"]
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(overrides(pairs, out, *common)), env=_env(),
+    proc = subprocess.Popen(_train_cmd(overrides(pairs, out, *common)), env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     target = out / "checkpoints" / "step-000006"
-    deadline = time.monotonic() + 300
-    while not target.is_dir() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(target.is_dir, proc, 300, poll=0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     killed_rows = read_metrics(out / "metrics.jsonl")
     assert 6 <= len(killed_rows) < 14
 
-    resumed = subprocess.run(_train_cmd(overrides(pairs, out, *common)), env=_env(),
+    resumed = subprocess.run(_train_cmd(overrides(pairs, out, *common)), env=subprocess_env(),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr

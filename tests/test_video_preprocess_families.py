@@ -19,6 +19,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 import torch
+from helpers import video_feature_rows
 
 from tpo_fast.models.registry import FAMILIES, supported_families
 from tpo_fast.video import load_video_inputs, preprocess_video
@@ -201,9 +202,7 @@ def test_folder_inputs_have_the_layout_the_adapter_consumes(family, index_video,
     adapter.check_video(inputs)
     with torch.no_grad():
         features = adapter.video_features(inputs)
-    pooled = features.pooler_output
-    rows = sum(p.reshape(-1, p.shape[-1]).shape[0] for p in pooled) if isinstance(
-        pooled, (tuple, list)) else pooled.reshape(-1, pooled.shape[-1]).shape[0]
+    rows = video_feature_rows(features.pooler_output)
     assert rows == adapter.num_video_tokens(inputs)
 
 
