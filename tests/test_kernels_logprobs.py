@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 from conftest import on_test_device
+from helpers import TESTS
 from tolerance import assert_within_reference_error
 from tpo_fast.kernels import chunked_linear_logprobs, naive_linear_logprobs
 from tpo_fast.kernels import fused_linear_logprobs as _fused_linear_logprobs
@@ -215,7 +216,7 @@ def test_import_does_not_load_triton():
 
 AUTOTUNE_CHECK = """
 import os, sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = {tests!r}
 import torch
 from test_kernels_logprobs import make_inputs, truth_and_naive, run, check_all
 from test_kernels_logprobs import fused_linear_logprobs  # on TPO_FAST_TEST_DEVICE
@@ -237,7 +238,8 @@ def test_autotune_path():
     from pathlib import Path
 
     env = dict(__import__("os").environ, TPO_FAST_AUTOTUNE="1", TRITON_INTERPRET="1")
-    code = AUTOTUNE_CHECK.format(tests=str(Path(__file__).parent))
+    # this file's folder and tests/ (conftest, tolerance, helpers)
+    code = AUTOTUNE_CHECK.format(tests=[str(Path(__file__).parent), str(TESTS)])
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from helpers import count_calls, tiny_video_pairs
+from helpers import ROOT, count_calls, tiny_video_pairs
 from tolerance import assert_within_reference_error
 
 from tpo_fast.models import SUPPORTED, PreferenceModel, adapter_class, adapter_for
@@ -239,11 +239,9 @@ def test_packed_forward_benchmark_smoke(tmp_path):
     import json
     import subprocess
     import sys
-    from pathlib import Path
 
     out = subprocess.run([sys.executable, "-m", "benchmarks.packed_forward", "--smoke", "--out",
-                          str(tmp_path / "r.json")], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                          str(tmp_path / "r.json")], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     result = json.loads((tmp_path / "r.json").read_text())["results"]
     assert {"unpacked_full_logits", "unpacked_response_head", "packed[sdpa]"} <= set(result)

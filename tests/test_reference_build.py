@@ -4,6 +4,7 @@ partitioned under ZeRO-3, and the stock-forward helper is the one slow path."""
 
 import pytest
 import torch
+from helpers import TINY
 
 from tpo_fast.models import PreferenceModel
 from tpo_fast.models.tiny import random_video, tiny_model, tiny_tokenizer
@@ -75,15 +76,13 @@ def test_replay_refuses_calls_it_did_not_record():
 
 
 def test_live_reference_in_training_replays_the_tower(tmp_path):
-    from pathlib import Path
 
     from tpo_fast.config import load_config
     from tpo_fast.data.synthetic import make_pairs
     from tpo_fast.train.loop import Trainer
 
     pairs = make_pairs(tmp_path / "pairs", n_pairs=12, n_videos=4)
-    config = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
-    trainer = Trainer(load_config(config, [
+    trainer = Trainer(load_config(TINY, [
         f"data.train={pairs}", f"run.output_dir={tmp_path / 'run'}", "run.progress=false",
         "run.tensorboard=false", "run.plot=false", "optim.max_steps=2", "loss.reference=model",
         "optim.global_batch_size=6"]))
