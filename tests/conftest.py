@@ -93,6 +93,24 @@ def pairs(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """``tiny_folder(family, **options)``: ``save_tiny_model(family, folder, **options)``
+    written once per session for each (family, options) and shared (tests must not modify it)."""
+    from tpo_fast.models.tiny_folders import save_tiny_model
+
+    made = {}
+
+    def get(family: str, **options):
+        key = (family, tuple(sorted(options.items())))
+        if key not in made:
+            made[key] = save_tiny_model(family, tmp_path_factory.mktemp(family) / "model",
+                                        **options)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def test_device() -> str:
     """``TEST_DEVICE``: "cpu" or "cuda" (see ``TPO_FAST_TEST_DEVICE``)."""
     return TEST_DEVICE

@@ -59,7 +59,19 @@ def test_supported_means_a_registry_entry_with_frame_steps():
             assert family in entry.adapter.model_types, (family, entry.adapter.__name__)
 
 
-@pytest.mark.parametrize("family", supported_families())
+# The commands below are the same code for every family; what is the family's own (its folder
+# loaded, its processor config, its adapter and tower) has a cheaper default test for every
+# family: test_video_preprocess_families.py::test_folder_inputs_have_the_layout_the_adapter_
+# consumes and test_models_generic.py / test_models_packed.py. So the default run takes the CLI
+# through the families with their own code paths (Qwen-VL's grid and M-RoPE, the LLaVA-OneVision
+# and LLaVA-NeXT layouts) and one grid-layout family; `make test-all` through all of them.
+CLI_DEFAULT_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "longva",
+                        "llava_video", "cohere_compass"}
+
+
+@pytest.mark.parametrize("family", [
+    pytest.param(f, marks=() if f in CLI_DEFAULT_FAMILIES else pytest.mark.slow)
+    for f in supported_families()])
 def test_family_from_its_folder_through_the_cli(family, data, tmp_path, capsys):
     pairs, questions = data
     folder = save_tiny_model(family, tmp_path / "model", words=["A", "B", "C"])

@@ -101,6 +101,12 @@ def test_ref_logps_leaves_the_input_byte_identical(pairs, tmp_path, capsys):
     assert [o["video"] for o in rewritten if "ref_logps" not in o] == [missing["video"]]
 
 
+# slow: the default run covers its parts at a fraction of the cost: rank shards and the merge
+# (test_curate.py::test_ranks_write_shards_and_the_last_one_merges, two ranks in one process),
+# a killed curation restarting to the same pairs (test_curate.py::
+# test_sigkilled_run_restarts_to_the_same_pairs) and a killed torchrun rank (test_train.py,
+# test_resume_world_size.py)
+@pytest.mark.slow
 @pytest.mark.multiprocess_cpu
 def test_curation_on_two_processes_resumes_after_rank_1_is_killed(tmp_path):
     videos = make_synthetic_videos(tmp_path / "videos", n_videos=4, seed=1)

@@ -16,7 +16,6 @@ import yaml
 from helpers import QUIET, ROOT, TINY, assert_losses_equal, tpo_fast
 
 from tpo_fast.data.synthetic import make_pairs
-from tpo_fast.models.tiny_folders import save_tiny_model
 from tpo_fast.train.metrics import read_metrics
 
 # The tiny preset's model as a folder, trained with every pair in each optimizer step.
@@ -25,13 +24,10 @@ EQUAL_STEPS = ["model.tiny=null", "optim.global_batch_size=48", "optim.epochs=3"
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {"llava_onevision": save_tiny_model("llava_onevision", root / "llava_onevision",
-                                               hidden=64),
-            "qwen2_5_vl": save_tiny_model("qwen2_5_vl", root / "qwen2_5_vl", frame_size=32),
-            "longva": save_tiny_model("longva", root / "longva"),
-            "llava_video": save_tiny_model("llava_video", root / "llava_video")}
+def folders(tiny_folder):
+    return {"llava_onevision": tiny_folder("llava_onevision", hidden=64),
+            "qwen2_5_vl": tiny_folder("qwen2_5_vl", frame_size=32),
+            "longva": tiny_folder("longva"), "llava_video": tiny_folder("llava_video")}
 
 
 def train_args(folder, pairs, out, *extra, config=TINY):

@@ -27,8 +27,6 @@ import pytest
 from helpers import QUIET, TINY, rank_pid, subprocess_env, torchrun_cmd, tpo_fast, wait_for
 
 from tpo_fast.config import load_config
-from tpo_fast.data.synthetic import make_pairs
-from tpo_fast.models.tiny_folders import save_tiny_model
 from tpo_fast.train.metrics import read_metrics
 from tpo_fast.train.position import (DataPosition, PlanKey, PositionError, carry, epoch_steps,
                                      pairs_of_steps, plan_for, state_fields)
@@ -43,11 +41,8 @@ COMMON = ["model.tiny=null", "optim.lr=5e-3", "optim.warmup_ratio=0", "data.toke
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reshape")
-    model = save_tiny_model("llava_onevision", root / "model", hidden=64)
-    pairs = make_pairs(root / "pairs", n_pairs=48, n_videos=8, seed=0)
-    return model, pairs
+def setup(tiny_folder, pairs):
+    return tiny_folder("llava_onevision", hidden=64), pairs
 
 
 def args(setup, out, *extra):
@@ -107,6 +102,9 @@ def test_sigkill_of_rank_1_ends_the_job_and_the_rerun_equals(setup, uninterrupte
                        read_metrics(uninterrupted / "metrics.jsonl"))
 
 
+# slow: a minute of waiting for the collective timeout; the default run's SIGKILL test above
+# checks that a lost rank ends the job and that the rerun resumes
+@pytest.mark.slow
 @pytest.mark.multiprocess_cpu
 def test_a_stopped_peer_ends_the_job_after_the_collective_timeout(setup, tmp_path):
     """Rank 1 stops answering (SIGSTOP) without closing its sockets: rank 0's next collective

@@ -206,14 +206,9 @@ EQUAL = ["model.tiny=null", "optim.global_batch_size=48", "optim.epochs=3", "opt
 
 
 @pytest.fixture(scope="module")
-def sp_folders(tmp_path_factory):
-    from tpo_fast.data.synthetic import make_pairs
-    from tpo_fast.models.tiny_folders import save_tiny_model
-
-    root = tmp_path_factory.mktemp("sp")
-    return {"qwen2_vl": save_tiny_model("qwen2_vl", root / "qwen2_vl", hidden=64, frame_size=32),
-            "llava_onevision": save_tiny_model("llava_onevision", root / "llava", hidden=64),
-            "pairs": make_pairs(root / "pairs", n_pairs=48, n_videos=8, seed=0)}
+def sp_folders(tiny_folder, pairs):
+    return {"qwen2_vl": tiny_folder("qwen2_vl", hidden=64, frame_size=32),
+            "llava_onevision": tiny_folder("llava_onevision", hidden=64), "pairs": pairs}
 
 
 def _train(folder, pairs, out, *extra, nproc=1):
@@ -269,6 +264,9 @@ def test_train_cli_with_sequence_parallel_equals_one_process(family, extra, sp_f
     assert summary["world_size"] == 2 and summary["reference"] == "model"
 
 
+# slow: 4 processes on 2 cores; SP = 2 through the CLI (above) and data parallelism over ranks
+# (test_real_paths.py, test_resume_world_size.py) stay in the default run
+@pytest.mark.slow
 @pytest.mark.multiprocess_cpu
 def test_two_data_parallel_groups_of_two_equal_one_process(sp_folders, tmp_path):
     """4 processes = DP 2 x SP 2: the pairs split over the two groups (each step's tokens
@@ -284,6 +282,9 @@ def test_two_data_parallel_groups_of_two_equal_one_process(sp_folders, tmp_path)
         assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * a["grad_norm"], (a, b)
 
 
+# slow: ref-logps on 2 processes (test_real_paths.py) and the SP forward through the CLI (above)
+# stay in the default run
+@pytest.mark.slow
 @pytest.mark.multiprocess_cpu
 def test_ref_logps_with_sequence_parallel_equals_one_process(sp_folders, tmp_path):
     common = ["model.tiny=null", f"model.path={sp_folders['qwen2_vl']}",
