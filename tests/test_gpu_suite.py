@@ -51,7 +51,9 @@ def test_real_commands(tmp_path):
     assert plan["dali_tests"].cap_s + plan["video_gpu"].cap_s <= 180  # the DALI call
 
 
-def test_budget_caps_and_skips(tmp_path):
+def test_budget_caps_and_skips(tmp_path, monkeypatch):
+    # the loop, not the python: the probe's own subprocess is the bare-copy test's below
+    monkeypatch.setattr(gpu_suite, "probe", lambda python: NO_PROBE)
     assert gpu_suite.step_timeout(90, 480, 0) == 90
     assert gpu_suite.step_timeout(90, 480, 400) == 480 - 400 - gpu_suite.RESERVE_S
     # a budget too small for any step: every step is skipped and the JSON still written

@@ -154,6 +154,10 @@ def test_two_processes_resume_on_one_and_equal_the_uninterrupted_run(setup, unin
     assert_equal_steps(read_metrics(sp / "metrics.jsonl"), straight[2:])
 
 
+# slow: resuming on another number of processes stays in the default run (2 -> 1 above), and
+# the re-planning of 1 -> 2 is checked without processes (test_a_reshaped_epoch_trains_every_
+# pair_once, its (1, 1) -> (2, 1) case, and the tests after it)
+@pytest.mark.slow
 @pytest.mark.multiprocess_cpu
 def test_one_process_resumes_mid_epoch_on_two(setup, tmp_path):
     """1 → 2 after the first of two steps of the epoch: the rest is planned for 2 ranks, holds
