@@ -27,7 +27,6 @@ import pytest
 import torch
 from helpers import (
     QUIET,
-    TESTS,
     TINY,
     assert_losses_equal,
     free_port,
@@ -173,7 +172,8 @@ SPLITS_FRAMES = {"qwen2_vl": True, "llava_onevision": True, "longva": True, "qwe
 def test_sp2_equals_sp1_loss_and_every_gradient(family, tmp_path):
     out = tmp_path / "result.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={free_port()}", str(TESTS / "sp_worker.py"), family, str(out)]
+           f"--master_port={free_port()}", str(Path(__file__).with_name("sp_worker.py")), family,
+           str(out)]
     env = subprocess_env(tests_on_path=True)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

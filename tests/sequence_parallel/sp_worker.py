@@ -1,6 +1,7 @@
-"""Run under torchrun (2 gloo processes) by tests/test_sequence_parallel.py.
+"""Run under torchrun (2 gloo processes) by tests/sequence_parallel/test_sequence_parallel.py.
 
-``python -m torch.distributed.run --nproc_per_node=2 tests/sp_worker.py FAMILY OUT.json``
+``PYTHONPATH=.:tests python -m torch.distributed.run --nproc_per_node=2
+tests/sequence_parallel/sp_worker.py FAMILY OUT.json``
 
 Builds the same tiny FAMILY model on every rank, packs pairs of different lengths (their
 prompts hold videos, so some prompt straddles the shard boundary), and computes the TPO loss

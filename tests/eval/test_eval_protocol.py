@@ -62,7 +62,7 @@ def _decord_stub() -> None:
     stub = types.ModuleType("decord")
 
     def refuse(*args, **kwargs):
-        raise RuntimeError("decord is stubbed in this process (tests/test_eval_protocol.py)")
+        raise RuntimeError("decord is stubbed in this process (tests/eval/test_eval_protocol.py)")
 
     stub.VideoReader, stub.cpu, stub.gpu = refuse, refuse, refuse
     sys.modules["decord"] = stub

@@ -102,8 +102,8 @@ def check_family(family, n_pairs=2, seed=0):
 
 
 SUPPORTED_GENERIC = [f for f in packed_families() if f not in FAMILIES]
-# every transformers family (LongVA is no transformers model: tests/test_longva.py and
-# tests/test_models_packed.py check it against its own unpacked forward)
+# every transformers family (LongVA is no transformers model: tests/models/test_longva.py and
+# tests/models/test_models_packed.py check it against its own unpacked forward)
 TRANSFORMERS_FAMILIES = [f for f in packed_families() if f not in ("longva", "llava_video")]
 
 

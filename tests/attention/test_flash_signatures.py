@@ -7,7 +7,8 @@ call against the installed PyTorch's).
 Dao-AILab/flash-attention, FA4 ``flash_attn/cute/interface.py`` of the flash-attn-4 wheel on
 PyPI). Regenerate it with
 
-    python tests/test_flash_signatures.py write FA2_SOURCE FA3_SOURCE FA4_SOURCE "provenance..."
+    PYTHONPATH=tests python tests/attention/test_flash_signatures.py write FA2_SOURCE FA3_SOURCE \
+        FA4_SOURCE "provenance..."
 
 Each test installs a fake module whose function has the real signature (``inspect.Signature``
 built from the JSON): a wrong or missing keyword raises ``TypeError`` like the real one would,

@@ -70,7 +70,7 @@ def test_cli_lmms_eval_protocol(tmp_path, capsys, monkeypatch):
     model, a video named ``X.MP4`` is found, ``--system`` is used, the report names the
     protocol and gives lmms-eval's groups and score; MLVU's generation task is left out and
     counted. (Rows as lmms-lab/Video-MME's parquet and MLVU's json/ files; see
-    tests/test_eval_protocol.py for the field sources.)"""
+    tests/eval/test_eval_protocol.py for the field sources.)"""
     import tpo_fast.video as video
     from tpo_fast.eval import protocol
 

@@ -76,8 +76,8 @@ def test_family_from_its_folder_through_the_cli(family, data, tmp_path, capsys):
     pairs, questions = data
     folder = save_tiny_model(family, tmp_path / "model", words=["A", "B", "C"])
     processor_template = family in PROCESSOR_TEMPLATE_FAMILIES
-    if family not in ("longva", "llava_video"):  # LLaVA-NeXT's layout (tests/test_longva.py,
-        # tests/test_llava_video.py): its builder makes the image processor, the folder has none
+    if family not in ("longva", "llava_video"):  # LLaVA-NeXT's layout (test_longva.py,
+        # test_llava_video.py): its builder makes the image processor, the folder has none
         assert (folder / "chat_template.json").is_file() == processor_template
         assert (folder / "chat_template.jinja").is_file() != processor_template
         assert any((folder / name).is_file() for name in (
