@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 # DeepSpeed's JIT-built ops are cached inside the clone as well.
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 
-.PHONY: demo test bench-smoke clean
+.PHONY: demo test test-all bench-smoke clean
 
 $(STAMP): pyproject.toml setup.py constraints/cpu.txt $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,14 @@ demo: $(STAMP)
 	$(VENV)/bin/tpo-fast demo configs/demo.yaml
 
 # TPO_FAST_REQUIRE_ORACLES: an outside oracle that does not import fails its tests instead of
-# skipping them (tests/test_eval_protocol.py).
+# skipping them (the eval protocol tests). `make test` (README, CI) leaves out the tests marked
+# `slow` (each repeats a path a default test covers, at a higher cost); `make test-all` runs all.
+PYTEST := TPO_FAST_REQUIRE_ORACLES=1 $(PY) -m pytest -q --durations=15
 test: $(STAMP)
-	TPO_FAST_REQUIRE_ORACLES=1 $(PY) -m pytest -q
+	$(PYTEST) -m "not slow"
+
+test-all: $(STAMP)
+	$(PYTEST)
 
 bench-smoke: $(STAMP)
 	$(PY) -m benchmarks.packing --smoke

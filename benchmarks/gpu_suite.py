@@ -62,9 +62,9 @@ SETUP_ESTIMATE_S = 45  # gpu_suite.sh before the steps: the kit's wheels (~53 Mi
 MAIN_STEPS = ("versions", "kernels", "kernel_tests", "gpu_tests", "train_throughput",
               "packed_forward", "long_video")
 KERNEL_TEST_WORKERS = 8  # xdist workers on the 16-core machine (one GPU, shared)
-KERNEL_TESTS = ("tests/test_kernels_preference_loss.py", "tests/test_kernels_logprobs.py",
-                "tests/test_loss_variants.py")
-DALI_TESTS = ("tests/test_video_decode.py", "tests/test_decode_backends_paths.py")
+KERNEL_TESTS = ("tests/kernels/test_kernels_preference_loss.py",
+                "tests/kernels/test_kernels_logprobs.py", "tests/kernels/test_loss_variants.py")
+DALI_TESTS = ("tests/video/test_video_decode.py", "tests/video/test_decode_backends_paths.py")
 VERSIONS = (
     "import importlib, platform, sys\n"
     "print('python', platform.python_version(), sys.executable)\n"

@@ -83,6 +83,34 @@ def on_test_device(fn, impls=None):
 
 
 @pytest.fixture(scope="session")
+def pairs(tmp_path_factory):
+    """The synthetic pairs file most training tests use: 48 pairs over 8 videos, seed 0
+    (tpo_fast.synthetic.pairs.make_pairs), written once per session; tests must not modify it
+    (copy it to tmp_path first)."""
+    from tpo_fast.synthetic.pairs import make_pairs
+
+    return make_pairs(tmp_path_factory.mktemp("pairs"), n_pairs=48, n_videos=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """``tiny_folder(family, **options)``: ``save_tiny_model(family, folder, **options)``
+    written once per session for each (family, options) and shared (tests must not modify it)."""
+    from tpo_fast.models.tiny_folders import save_tiny_model
+
+    made = {}
+
+    def get(family: str, **options):
+        key = (family, tuple(sorted(options.items())))
+        if key not in made:
+            made[key] = save_tiny_model(family, tmp_path_factory.mktemp(family) / "model",
+                                        **options)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def test_device() -> str:
     """``TEST_DEVICE``: "cpu" or "cuda" (see ``TPO_FAST_TEST_DEVICE``)."""
     return TEST_DEVICE

@@ -12,7 +12,7 @@ Backends (``PackedAttention.backend``):
                    Causal is aligned bottom-right since flash-attn 2.1.
 * ``torch_varlen`` ``torch.nn.attention.varlen.varlen_attn`` (PyTorch >= 2.10); CUDA, fp16/bf16.
                    Not yet checked on a GPU for q_len != k_len (no PyTorch version verified), so
-                   ``auto`` never picks it; tests/test_attention.py has the GPU check.
+                   ``auto`` never picks it; tests/attention/test_attention.py has the GPU check.
 * ``flex``         FlexAttention with a block mask built on the host from the segment
                    structure (``block_mask.py``: no dense [T, Σk] tensor); CUDA.
 * ``sdpa``         scaled_dot_product_attention with a dense [T, Σk] boolean mask; any device.
@@ -36,7 +36,7 @@ BACKENDS = ("auto", "flash_attn", "torch_varlen", "flex", "sdpa")
 
 
 # flash-attn's varlen entry points, newest first: (interface, module). The three take different
-# arguments (checked against each package's source by tests/test_flash_signatures.py):
+# arguments (checked against each package's source by tests/attention/test_flash_signatures.py):
 #   FA2 flash_attn.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
 #       max_seqlen_k, dropout_p=0.0, softmax_scale=None, causal=False, ...)
 #   FA3 flash_attn_interface.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k,

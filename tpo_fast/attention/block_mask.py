@@ -34,7 +34,7 @@ def bucketed_length(n: int, block: int = BLOCK_SIZE) -> int:
     """``n`` rounded up to whole tiles, at least two. FlexAttention is compiled with dynamic
     shapes; lengths that are whole tiles, and tile counts that are never 1 (Dynamo specialises
     a size of 1), keep one compiled graph for micro-batches of any length
-    (tests/test_attention_compile.py counts the compiles)."""
+    (tests/attention/test_attention_compile.py counts the compiles)."""
     return max(2, _ceil_div(n, block)) * block
 
 

@@ -24,7 +24,7 @@ Video-MME's prompts, LongVideoBench and the frame sampling are the same in both.
 
 Every function here works on the benchmark's lmms-eval *document* (the row of its Hugging
 Face parquet, which the readers build from any supported layout: ``MCQuestion.doc``).
-``tests/test_eval_protocol.py`` holds each one equal to lmms-eval's own function.
+``tests/eval/test_eval_protocol.py`` holds each one equal to lmms-eval's own function.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@ the steps that turn its decoded frames into model inputs.
 
 "Supported" (``supported_families()``) means: trains, scores and generates from a model folder
 through the CLI — the family's adapter runs the packed path (checked packed-vs-stock in
-tests/test_models_generic.py and tests/test_models_packed.py) and its frame steps follow its
-Hugging Face video processor (``tpo_fast.video.preprocess``; the folder's processor config
-supplies the numbers). ``packed_families()`` adds the families whose packed path is checked on
-inputs built in memory but whose processor steps are not written here (see ``Family.missing``).
+tests/models/test_models_generic.py and tests/models/test_models_packed.py) and its frame steps
+follow its Hugging Face video processor (``tpo_fast.video.preprocess``; the folder's processor
+config supplies the numbers). ``packed_families()`` adds the families whose packed path is
+checked on inputs built in memory but whose processor steps are not written here (see
+``Family.missing``).
 Adding a family is one entry in ``FAMILIES``.
 """
 

@@ -238,7 +238,7 @@ def _check_family(family: str) -> None:
 GRID_FAMILIES = ("qwen3_vl_moe", "glm4v", "glm4v_moe", "glm46v", "glm_ocr", "ernie4_5_vl_moe",
                  "qwen2_5_omni_thinker", "video_llama_3", "cohere_compass", "cosmos3_edge",
                  "kimi_k25", "hyperclovax_vision_v2", "minimax_m3_vl",
-                 # these build, and the adapter refuses them (tests/test_models_generic.py)
+                 # these build, and the adapter refuses them (tests/models/test_models_generic.py)
                  "qwen3_omni_moe_thinker", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm5_next",
                  "exaone4_5")
 FRAME_FAMILIES = ("video_llava",)

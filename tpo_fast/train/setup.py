@@ -78,7 +78,8 @@ def backward_scale(cfg: TrainConfig, world: int) -> int:
     group's ranks hold shares of one replica's gradient, to be summed) in ZeRO-0/1/2. ZeRO-3's
     reduce-scatter path (``__avg_scatter_grads`` → ``reduce_scatter_coalesced``, DeepSpeed
     0.19.8) divides by the whole world whatever the SP size; measured here as a halved
-    gradient norm at SP = 2 (tests/test_sequence_parallel.py compares the norms)."""
+    gradient norm at SP = 2 (tests/sequence_parallel/test_sequence_parallel.py compares the
+    norms)."""
     sp = cfg.deepspeed.sequence_parallel_size
     return world if cfg.deepspeed.zero_stage == 3 else world // sp
 
