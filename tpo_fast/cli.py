@@ -186,17 +186,23 @@ def main(argv: list[str] | None = None) -> int:
 
         return eval_main(argv[1:])
     args = build_parser().parse_args(argv)
+    return run_reporting_errors(args.command, lambda: args.func(args))
+
+
+def run_reporting_errors(command: str, run) -> int:
+    """``run()``'s exit code; bad input (ValueError, TypeError, FileNotFoundError) is one clear
+    line and exit code 2, a run that cannot go on (``TrainingError``) one line and 3."""
     try:
-        return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:  # bad input: one clear line
-        print(f"tpo-fast {args.command}: error: {exc}", file=sys.stderr)
+        return run()
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"tpo-fast {command}: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         from tpo_fast.train.loop import TrainingError
 
         if not isinstance(exc, TrainingError):
             raise
-        print(f"tpo-fast {args.command}: error: {exc}", file=sys.stderr)
+        print(f"tpo-fast {command}: error: {exc}", file=sys.stderr)
         return 3
 
 

@@ -796,20 +796,14 @@ def parse_demo_args(argv: list[str]) -> tuple[DemoConfig, str]:
 
 def demo_main(argv: list[str]) -> int:
     """``tpo-fast demo ...``: bad input (a config error, an unknown key) is one clear line."""
-    try:
+    from tpo_fast.cli import run_reporting_errors
+
+    def run() -> int:
         config, stage = parse_demo_args(argv)
         run_demo(config, stage)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"tpo-fast demo: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        from tpo_fast.train.loop import TrainingError
+        return 0
 
-        if not isinstance(exc, TrainingError):
-            raise
-        print(f"tpo-fast demo: error: {exc}", file=sys.stderr)
-        return 3
-    return 0
+    return run_reporting_errors("demo", run)
 
 
 if __name__ == "__main__":
