@@ -114,7 +114,8 @@ def loss_options(args: DPOConfig) -> dict:
     if smoothing and "sigmoid" in keep:
         raise UnsupportedConfigError(
             "DPOConfig.label_smoothing with loss_type 'sigmoid' beside 'robust'/'exo_pair': TRL "
-            "1.16's sigmoid ignores label_smoothing, the fused loss's sigmoid would apply it (cDPO)")
+            "1.16's sigmoid ignores label_smoothing, the fused loss's sigmoid would apply it "
+            "(cDPO)")
     out = dict(beta=float(args.beta), sft_weight=sft, label_smoothing=smoothing,
                discopop_tau=float(args.discopop_tau))
     if keep:
@@ -153,8 +154,11 @@ class PairCollator:
         self.processor, self.max_length = processor, max_length
 
     def __call__(self, examples: list[dict]) -> dict:
-        from trl.data_utils import apply_chat_template, is_conversational, \
-            prepare_multimodal_messages
+        from trl.data_utils import (
+            apply_chat_template,
+            is_conversational,
+            prepare_multimodal_messages,
+        )
 
         out = PairBatch()
         for i, example in enumerate(examples):
