@@ -1,7 +1,7 @@
 """Stock TRL ``DPOTrainer`` against ``TPODPOTrainer`` on the same model, pairs and settings.
 
-    python -m benchmarks.trl_side_by_side                 # CPU: tiny Qwen2-VL, short and long prompts
-    python -m benchmarks.trl_side_by_side --smoke         # seconds
+    python -m benchmarks.trl_side_by_side            # CPU: tiny Qwen2-VL, short and long prompts
+    python -m benchmarks.trl_side_by_side --smoke    # seconds
 
 One run builds both trainers (``trl.DPOTrainer`` 1.16 and ``tpo_fast.integrations.trl
 .TPODPOTrainer``) from the same model folder, ``DPOConfig`` and TRL-format image dataset
@@ -152,10 +152,10 @@ def main(argv=None) -> int:
             path = write_result("trl_side_by_side", payload, args.out)
     for name, r in lengths.items():
         if "arms" in r:
+            mib = {a: (v["peak_memory_bytes"] or 0) / 2 ** 20 for a, v in r["arms"].items()}
             print(name, f"prompt ≈ {r['mean_prompt_tokens']:.0f} tokens;",
                   {a: f"{v['pairs_per_s']:.2f} pairs/s, {v['median_s']:.3f} s/step, "
-                      f"peak {v['peak_memory_bytes'] / 2**20 if v['peak_memory_bytes'] else 0:.0f} MiB"
-                   for a, v in r["arms"].items()},
+                      f"peak {mib[a]:.0f} MiB" for a, v in r["arms"].items()},
                   f"speedup {r['speedup_pairs_per_s']:.2f}x")
         else:
             print(name, r)
