@@ -51,12 +51,15 @@ def config(out, **kwargs):
                      gradient_checkpointing=False, **kwargs)
 
 
-def train_logs(trainer_class, folder, out, **kwargs) -> list[dict]:
+def train_logs(trainer_class, folder, out, **kwargs) -> tuple[list[dict], dict]:
+    """The logged training steps, and an evaluation of the trained model on other rows."""
     trainer = trainer_class(model=str(folder), args=config(out, **kwargs),
                             train_dataset=ex.image_preference_dataset(),
+                            eval_dataset=ex.image_preference_dataset(n_rows=4, seed=1),
                             processing_class=ex.image_processor_only(folder))
     trainer.train()
-    return [h for h in trainer.state.log_history if "loss" in h]
+    evaluation = trainer.evaluate()
+    return [h for h in trainer.state.log_history if "loss" in h], evaluation
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "apo_zero"])
@@ -65,8 +68,8 @@ def test_three_steps_equal_stock_dpo_trainer(folder, tmp_path, loss_type):
 
     from tpo_fast.integrations.trl import TPODPOTrainer
 
-    stock = train_logs(DPOTrainer, folder, tmp_path / "stock", loss_type=[loss_type])
-    ours = train_logs(TPODPOTrainer, folder, tmp_path / "ours", loss_type=[loss_type])
+    stock, stock_eval = train_logs(DPOTrainer, folder, tmp_path / "stock", loss_type=[loss_type])
+    ours, our_eval = train_logs(TPODPOTrainer, folder, tmp_path / "ours", loss_type=[loss_type])
     assert len(stock) == len(ours) == 3
     names = {"loss", "grad_norm", "entropy", "num_tokens", "logits/chosen", "logits/rejected",
              "mean_token_accuracy", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
@@ -77,6 +80,11 @@ def test_three_steps_equal_stock_dpo_trainer(folder, tmp_path, loss_type):
         for name in names:
             assert math.isclose(a[name], b[name], rel_tol=1e-5, abs_tol=2e-5), \
                 (loss_type, step, name, a[name], b[name])
+    # evaluation (TRL's prediction_step): the loss and the same metrics, prefixed eval_
+    for name in names - {"grad_norm", "num_tokens"}:
+        key = f"eval_{name}"
+        assert math.isclose(stock_eval[key], our_eval[key], rel_tol=1e-5, abs_tol=2e-5), \
+            (loss_type, key, stock_eval[key], our_eval[key])
     # the steps trained (the comparison is of a moving policy, not of three copies of step 0)
     assert stock[0]["rewards/margins"] == 0 and stock[-1]["rewards/margins"] != 0
 

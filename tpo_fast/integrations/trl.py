@@ -339,6 +339,14 @@ class TPODPOTrainer(DPOTrainer):
         self._log_pairs(pairs, metrics, stats, ref_logps.to(loss.device))
         return loss
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation: the loss and TRL's metrics (logged as ``eval_*``); no logits (the fused
+        head builds none), so ``compute_metrics`` gets nothing to read."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
     def _log_pairs(self, pairs: PairBatch, metrics: dict, stats: dict, ref: torch.Tensor):
         """TRL 1.16's ``_compute_loss`` metrics, from the packed results."""
         mode = "train" if self.model.training else "eval"
