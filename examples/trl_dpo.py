@@ -47,9 +47,11 @@ WORDS = sorted({w.strip("?.") for s in PROMPTS + CHOSEN + REJECTED for w in s.sp
                | {"You", "helpful", "assistant", "a", "are"})
 
 
-def image_preference_dataset(n_rows: int = 6, seed: int = 0, context_words: int = 0):
+def image_preference_dataset(n_rows: int = 6, seed: int = 0, context_words: int = 0,
+                             two_image_rows: tuple[int, ...] = ()):
     """TRL's conversational image preference rows (zen-image's layout). ``context_words`` > 0
-    puts that many words of text before each question (a long prompt)."""
+    puts that many words of text before each question (a long prompt); the rows in
+    ``two_image_rows`` hold a second image (TRL's ``images`` is a list per row)."""
     from datasets import Dataset, Features, Image, List, Value
 
     message = [{"content": Value("string"), "role": Value("string")}]
@@ -64,6 +66,9 @@ def image_preference_dataset(n_rows: int = 6, seed: int = 0, context_words: int 
         "rejected": [[{"role": "assistant", "content": REJECTED[i % k]}] for i in range(n_rows)],
         "images": [[rng.uniform(0.0, 255.0, size=(h, w, 3)).astype(np.uint8)] for h, w in sizes],
     }
+    for i in two_image_rows:
+        h, w = rng.integers(32, 64, size=2)
+        data["images"][i].append(rng.uniform(0.0, 255.0, size=(h, w, 3)).astype(np.uint8))
     return Dataset.from_dict(data, features=Features(prompt=message, chosen=message,
                                                      rejected=message, images=List(Image())))
 

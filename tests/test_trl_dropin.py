@@ -3,7 +3,8 @@
 The oracle is stock TRL itself: the same tiny Qwen2-VL folder, the same TRL-format image
 preference dataset, the same DPOConfig and seed, 3 steps of ``trl.DPOTrainer`` and 3 steps of
 ``TPODPOTrainer`` (float32, no dropout): every step's loss and every metric TRL logs agree to
-float32 tolerance, for loss types sigmoid, ipo and apo_zero.
+float32 tolerance, for loss types sigmoid, ipo and apo_zero. Two of the six training rows hold
+two images (TRL's ``images`` is a list per row): both go through the packed image path.
 
 The model, data and processor come from examples/trl_dpo.py: the dataset rows are laid out as
 TRL's own image test data (``conversational_preference`` of trl-internal-testing/zen-image,
@@ -54,7 +55,7 @@ def config(out, **kwargs):
 def train_logs(trainer_class, folder, out, **kwargs) -> tuple[list[dict], dict]:
     """The logged training steps, and an evaluation of the trained model on other rows."""
     trainer = trainer_class(model=str(folder), args=config(out, **kwargs),
-                            train_dataset=ex.image_preference_dataset(),
+                            train_dataset=ex.image_preference_dataset(two_image_rows=(1, 4)),
                             eval_dataset=ex.image_preference_dataset(n_rows=4, seed=1),
                             processing_class=ex.image_processor_only(folder))
     trainer.train()
