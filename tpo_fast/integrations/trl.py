@@ -311,11 +311,6 @@ class TPODPOTrainer(DPOTrainer):
             self._tpo_reference = _image_model(_preference_model(ref))
             _packed_forward(ref, self._reference_run)
 
-    # the TRL dataset preparation is skipped for vision data; keep our columns
-    def _set_signature_columns_if_needed(self):
-        if self._signature_columns is None:
-            self._signature_columns = ["prompt", "chosen", "rejected", "images", "image"]
-
     def _policy_run(self, packed):
         batch, ref_logps = packed
         loss, metrics, hidden = _loss(self._tpo_policy, batch, self._tpo_options, ref_logps)
