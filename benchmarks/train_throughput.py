@@ -15,7 +15,7 @@ model and projector, the vision tower frozen, as in TPO):
   fp32 ``log_softmax`` and gather; sigmoid DPO (β) + α · token-mean NLL of the chosen
   responses; one micro-step per pair, gradients accumulated over the step's pairs.
 * ``fast`` — ``TPOObjective(path="fast")``: all the step's pairs packed into one prefix-shared
-  micro-batch (``PreferenceModel.pack``), the tower once per video under no_grad, precomputed
+  micro-batch (``PairPacker.pack``), the tower once per video under no_grad, precomputed
   reference log-probs, the response-only fused LM head + loss (``preference_loss``: Triton on
   CUDA, the chunked torch reference on CPU). The one-time reference pass
   (``PreferenceModel.policy_logps`` under no_grad over the same micro-batch) is timed like an
@@ -228,9 +228,11 @@ def mix_lengths(mix: dict) -> list[tuple[int, int, int]]:
 
 
 def pack(policy, pairs, ref_logps=None):
-    return policy.pack([p["prompt"] for p in pairs], [p["chosen"] for p in pairs],
-                       [p["rejected"] for p in pairs], [p["video"] for p in pairs],
-                       ref_logps=ref_logps)
+    from tpo_fast.data.packer import PairPacker
+
+    return PairPacker(policy.adapter).pack(
+        [p["prompt"] for p in pairs], [p["chosen"] for p in pairs],
+        [p["rejected"] for p in pairs], [p["video"] for p in pairs], ref_logps=ref_logps)
 
 
 # ---- the arms ------------------------------------------------------------------------------------

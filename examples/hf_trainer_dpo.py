@@ -7,7 +7,8 @@ Three pieces, each a few lines, replace TRL's two-rows-per-pair forward:
 
 * ``PackedPairCollator`` turns examples ``{"question", "video", "chosen", "rejected"[,
   "ref_logps"]}`` into one ``PackedBatch`` per micro-batch: each pair's prompt (with the video's
-  tokens) once, its two responses after it, the family's position ids (``PreferenceModel.pack``).
+  tokens) once, its two responses after it, the family's position ids
+  (``tpo_fast.data.PairPacker.pack_examples``).
 * ``FastDPOTrainer.compute_loss`` runs the packed, prefix-shared forward
   (``PreferenceModel.hidden_states``: vision tower once per video, no [tokens × vocab] logits)
   and the fused LM head + log-prob + DPO/SFT loss (``tpo_fast.kernels.preference_loss``: Triton
@@ -32,6 +33,7 @@ import torch
 from tpo_fast.kernels import preference_loss
 from transformers import Trainer, TrainingArguments
 
+from tpo_fast.data.packer import PairPacker
 from tpo_fast.models import PreferenceModel
 from tpo_fast.packing import PackedBatch
 
@@ -41,21 +43,11 @@ class PackedPairCollator:
     [prompt | chosen | rejected]). ``ref_logps`` [2] per example (summed reference log-probs
     of chosen, rejected) is packed when every example has it."""
 
-    def __init__(self, policy: PreferenceModel, tokenizer, system_prompt: str | None = None):
-        self.policy, self.tokenizer, self.system_prompt = policy, tokenizer, system_prompt
+    def __init__(self, packer: PairPacker):
+        self.packer = packer  # PairPacker(policy.adapter, tokenizer): tokenises and packs
 
     def __call__(self, examples: list[dict]) -> dict:
-        adapter, tok = self.policy.adapter, self.tokenizer
-        videos = [e["video"] for e in examples]
-        prompts = [adapter.prompt_ids(tok, e["question"], v, system=self.system_prompt)
-                   for e, v in zip(examples, videos)]
-        chosen = [adapter.response_ids(tok, e["chosen"]) for e in examples]
-        rejected = [adapter.response_ids(tok, e["rejected"]) for e in examples]
-        ref = None
-        if all(e.get("ref_logps") is not None for e in examples):
-            ref = torch.stack([torch.as_tensor(e["ref_logps"], dtype=torch.float32)
-                               for e in examples])
-        return {"batch": self.policy.pack(prompts, chosen, rejected, videos, ref_logps=ref)}
+        return {"batch": self.packer.pack_examples(examples)}
 
 
 def batch_loss(policy, batch: PackedBatch, *, hidden: torch.Tensor | None = None,
@@ -186,7 +178,7 @@ def main(argv=None) -> list[float]:
     args = parser.parse_args(argv)
 
     policy, tokenizer = build_tiny(args.family)
-    collator = PackedPairCollator(policy, tokenizer)
+    collator = PackedPairCollator(PairPacker(policy.adapter, tokenizer))
     examples = tiny_examples(args.family, policy.model.config, args.pairs)
     train = precompute_reference(policy, examples, collator)
     loss_type = args.loss_type[0] if len(args.loss_type) == 1 else args.loss_type

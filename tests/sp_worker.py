@@ -49,11 +49,13 @@ def main(family: str, out: str):
 def compare(policy, sp, tokenizer, n_pairs, seed):
     from test_models_packed import make_pairs
 
+    from tpo_fast.data.packer import PairPacker
+
     policy.enable_sequence_parallel(None)
     model = policy.model
     pairs = make_pairs(policy.adapter.model.config.model_type, tokenizer, model,
                        n_pairs=n_pairs, seed=seed)
-    batch = policy.pack(*pairs)
+    batch = PairPacker(policy.adapter).pack(*pairs)
     gen = torch.Generator().manual_seed(seed)
     batch = type(batch)(**{**batch.__dict__, "ref_logps": -20 * torch.rand(batch.n_pairs, 2,
                                                                             generator=gen)})

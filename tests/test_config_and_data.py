@@ -120,6 +120,15 @@ def test_atomic_rewrite_keeps_other_fields(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_failed_atomic_write_leaves_the_file_as_it_was(tmp_path):
+    path = write(tmp_path, [json.dumps(GOOD)])
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match="not JSON serializable"):  # the second object fails
+        write_pairs_atomic(path, [GOOD, GOOD | {"ref_logps": {1.0, 2.0}}])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_optimizer_steps_cover_the_plan_with_exact_counts():
     rng = np.random.default_rng(0)
     p, c, r = (rng.integers(lo, hi, 200) for lo, hi in ((100, 3000), (1, 60), (1, 60)))

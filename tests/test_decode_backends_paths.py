@@ -75,6 +75,7 @@ def _train_cfg(pairs, tmp_path, backend, *extra):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_train_dataset_decodes_with_the_configured_backend(vp9_pairs, tmp_path, backend):
     from tpo_fast.data.dataset import TPODataset
+    from tpo_fast.data.packer import PairPacker
     from tpo_fast.data.pairs import read_pairs
     from tpo_fast.models import PreferenceModel
     from tpo_fast.train.setup import load_tokenizer_and_model
@@ -83,7 +84,8 @@ def test_train_dataset_decodes_with_the_configured_backend(vp9_pairs, tmp_path, 
     records, _ = read_pairs(Path(cfg.data.train), cfg.data.video_root, cfg.data.skip_invalid)
     tokenizer, model, _ = load_tokenizer_and_model(cfg, None, role="score")
     policy = PreferenceModel(model)
-    dataset = TPODataset(records, policy, tokenizer, cfg.data)
+    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data,
+                         device=policy.device)
     try:
         assert dataset.decode.backend == backend and dataset.decode.device == torch.device("cpu")
         reset_decode_counts()
@@ -158,6 +160,7 @@ def test_an_unreadable_file_for_dali_falls_back_to_pyav_in_the_dataset(vp9_pairs
     if not dali_available():
         pytest.skip("nvidia-dali not installed")
     from tpo_fast.data.dataset import TPODataset
+    from tpo_fast.data.packer import PairPacker
     from tpo_fast.data.pairs import read_pairs
     from tpo_fast.models import PreferenceModel
     from tpo_fast.train.setup import load_tokenizer_and_model
@@ -169,7 +172,9 @@ def test_an_unreadable_file_for_dali_falls_back_to_pyav_in_the_dataset(vp9_pairs
     cfg = _train_cfg(mixed, tmp_path, "dali_cpu")
     records, _ = read_pairs(mixed, None, False)
     tokenizer, model, _ = load_tokenizer_and_model(cfg, None, role="score")
-    dataset = TPODataset(records, PreferenceModel(model), tokenizer, cfg.data)
+    policy = PreferenceModel(model)
+    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data,
+                         device=policy.device)
     try:
         reset_decode_counts()
         dataset.batch([0, 1])
@@ -194,6 +199,7 @@ def test_config_rejects_unknown_video_settings(vp9_pairs, tmp_path):
 @pytest.mark.skipif(not dali_available(), reason="nvidia-dali not installed")
 def test_train_dataset_on_cuda_decodes_with_dali_on_the_models_gpu(vp9_pairs, tmp_path):
     from tpo_fast.data.dataset import TPODataset
+    from tpo_fast.data.packer import PairPacker
     from tpo_fast.data.pairs import read_pairs
     from tpo_fast.models import PreferenceModel
     from tpo_fast.train.setup import load_tokenizer_and_model
@@ -203,7 +209,8 @@ def test_train_dataset_on_cuda_decodes_with_dali_on_the_models_gpu(vp9_pairs, tm
     records, _ = read_pairs(Path(cfg.data.train), None, False)
     tokenizer, model, _ = load_tokenizer_and_model(cfg, None, role="score")
     policy = PreferenceModel(model.to(device))
-    dataset = TPODataset(records, policy, tokenizer, cfg.data)
+    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data,
+                         device=policy.device)
     try:
         assert dataset.decode.device == device
         reset_decode_counts()

@@ -130,6 +130,7 @@ def test_a_whole_micro_step_does_not_sync():
     packed forward, fused DPO+SFT loss, backward, all under sync_debug_mode("error")."""
     from tpo_fast.kernels import preference_loss
 
+    from tpo_fast.data.packer import PairPacker
     from tpo_fast.models import PreferenceModel
     from tpo_fast.models.tiny import random_video, tiny_model, tiny_tokenizer
 
@@ -143,8 +144,10 @@ def test_a_whole_micro_step_does_not_sync():
     rejected = [policy.adapter.response_ids(tok, t) for t in ("green green", "red")]
     ref = torch.tensor([[-3.0, -4.0], [-5.0, -2.0]])
 
+    packer = PairPacker(policy.adapter)
+
     def step():
-        batch = policy.pack(prompts, chosen, rejected, videos, ref_logps=ref).pin_memory()
+        batch = packer.pack(prompts, chosen, rejected, videos, ref_logps=ref).pin_memory()
         batch = batch.to(policy.device, non_blocking=True)
         hidden = policy.hidden_states(batch)
         loss, _ = preference_loss(hidden, policy.lm_head_weight(), batch.target_ids,

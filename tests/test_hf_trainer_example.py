@@ -15,6 +15,8 @@ import pytest
 import torch
 from tpo_fast.kernels import dpo_sft_loss, preference_loss
 
+from tpo_fast.data import PairPacker
+
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY = "qwen2_vl"
 OPTIONS = dict(beta=0.5, sft_weight=0.3)
@@ -33,7 +35,7 @@ ex = load_example()
 
 def setup(n_pairs=8, seed=0):
     policy, tokenizer = ex.build_tiny(FAMILY, seed=seed)
-    collator = ex.PackedPairCollator(policy, tokenizer)
+    collator = ex.PackedPairCollator(PairPacker(policy.adapter, tokenizer))
     examples = ex.tiny_examples(FAMILY, policy.model.config, n_pairs, seed=seed)
     return policy, tokenizer, collator, examples
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from test_real_paths import QUIET, tpo_fast
 
+from tpo_fast.data.packer import PairPacker
 from tpo_fast.models import (
     PreferenceModel,
     adapter_for,
@@ -294,7 +295,8 @@ def test_packed_path_equals_llava_next_restated(checkpoint, tokenizer, tmp_path,
         prompts.append(prompt), chosen.append(c), rejected.append(r), videos.append(v)
     oracle = torch.stack(oracle)
     with torch.no_grad():
-        packed = fast.policy_logps(fast.pack(prompts, chosen, rejected, videos))
+        batch = PairPacker(fast.adapter).pack(prompts, chosen, rejected, videos)
+        packed = fast.policy_logps(batch)
         stock = stock_pair_logps(model, prompts, chosen, rejected, videos)
     torch.testing.assert_close(packed, oracle, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(stock, oracle, rtol=1e-5, atol=1e-5)

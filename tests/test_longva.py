@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from test_models_packed import count_calls, make_pairs, stock_logps
 
 from tpo_fast.config import load_config
+from tpo_fast.data.packer import PairPacker
 from tpo_fast.models import PreferenceModel, adapter_for, load_longva, save_longva
 from tpo_fast.models.longva import (
     IMAGE_TOKEN_INDEX,
@@ -222,7 +223,7 @@ def test_packed_equals_unpacked_on_the_loaded_checkpoint(checkpoint, tokenizer,
     want = stock_logps(slow, *pairs)
     (want * weights).sum().backward()
     fast_calls, h2 = count_calls(fast.model.vision_tower)
-    got = fast.policy_logps(fast.pack(*pairs))
+    got = fast.policy_logps(PairPacker(fast.adapter).pack(*pairs))
     (got * weights).sum().backward()
     h1.remove(), h2.remove()
 

@@ -12,6 +12,7 @@ import copy
 import pytest
 import torch
 
+from tpo_fast.data.packer import PairPacker
 from tpo_fast.models import PreferenceModel, adapter_for, supported_families
 from tpo_fast.models.generic import GenericVideoAdapter, UnsupportedModelError
 from tpo_fast.models.registry import GENERIC_FAMILIES, packed_families
@@ -88,7 +89,7 @@ def check_family(family, n_pairs=2, seed=0):
         grads[name] = (logps.detach(), dict(model.named_parameters()))
     calls = []
     hook = fast.adapter.vision_tower().register_forward_hook(lambda *args: calls.append(1))
-    batch = fast.pack(*pairs)
+    batch = PairPacker(fast.adapter).pack(*pairs)
     got = fast.policy_logps(batch)
     (got * weights).sum().backward()
     hook.remove()
@@ -236,5 +237,5 @@ def test_packed_bf16_on_cuda(family, backend):
         bf16 = copy.deepcopy(truth_model).to(torch.bfloat16)
         stock_bf16 = stock_logps(bf16, adapter, *pairs)
         fast = PreferenceModel(bf16, attention_backend=backend)
-        got = fast.policy_logps(fast.pack(*pairs))
+        got = fast.policy_logps(PairPacker(fast.adapter).pack(*pairs))
     assert (got - truth).abs().max() <= 2 * (stock_bf16 - truth).abs().max() + 1e-2

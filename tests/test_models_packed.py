@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from tpo_fast.data.packer import PairPacker
 from tpo_fast.models import SUPPORTED, PreferenceModel, adapter_class, adapter_for
 from tpo_fast.models.stock import stock_pair_logps
 from tpo_fast.models.tiny import FAMILIES, random_video, tiny_model, tiny_tokenizer
@@ -65,7 +66,7 @@ def check_equivalence(family, n_pairs, seed, one_token=False, **model_options):
     slow = stock_logps(slow_model, *pairs)
     (slow * weights).sum().backward()
     fast_calls, h2 = count_calls(fast.adapter.vision_tower())
-    batch = fast.pack(*pairs)
+    batch = PairPacker(fast.adapter).pack(*pairs)
     got = fast.policy_logps(batch)
     (got * weights).sum().backward()
     h1.remove(), h2.remove()
@@ -147,7 +148,7 @@ def test_everything_visual_frozen_runs_under_no_grad():
     pairs = make_pairs("qwen2_vl", tokenizer, fast.model, 2, seed=4)
     features = fast.encode_videos(pairs[3])
     assert not any(f.requires_grad for f in features.pooler_output)
-    fast.policy_logps(fast.pack(*pairs)).sum().backward()
+    fast.policy_logps(PairPacker(fast.adapter).pack(*pairs)).sum().backward()
     assert all(p.grad is None for p in fast.adapter.vision_tower().parameters())
 
 
@@ -170,7 +171,8 @@ def test_video_token_count_matches_the_model(family):
 def test_hidden_states_shape_and_lm_head():
     tokenizer = tiny_tokenizer("llava_onevision")
     fast = PreferenceModel(tiny_model("llava_onevision", tokenizer))
-    batch = fast.pack(*make_pairs("llava_onevision", tokenizer, fast.model, 2, seed=5))
+    pairs = make_pairs("llava_onevision", tokenizer, fast.model, 2, seed=5)
+    batch = PairPacker(fast.adapter).pack(*pairs)
     hidden = fast.hidden_states(batch)
     assert hidden.shape == (len(batch.logit_index), fast.model.config.text_config.hidden_size)
     assert fast.lm_head_weight().shape == (len(tokenizer), hidden.shape[1])
@@ -187,20 +189,21 @@ def test_bad_pairs_are_clear_errors():
     fast = PreferenceModel(tiny_model("qwen2_vl", tokenizer))
     prompts, chosen, rejected, videos = make_pairs("qwen2_vl", tokenizer, fast.model, 2, seed=6)
     video_id = fast.adapter.video_token_id
+    packer = PairPacker(fast.adapter)
     longer = {"pixel_values_videos": torch.randn(8 * 16, 96),
               "video_grid_thw": torch.tensor([[8, 4, 4]])}
     with pytest.raises(ValueError, match="pair 1: the prompt holds .* video tokens but its video"):
-        fast.pack(prompts, chosen, rejected, [videos[0], longer])
+        packer.pack(prompts, chosen, rejected, [videos[0], longer])
     with pytest.raises(ValueError, match="pair 0: the rejected response holds a video token"):
-        fast.pack(prompts, chosen, [[video_id], rejected[1]], videos)
+        packer.pack(prompts, chosen, [[video_id], rejected[1]], videos)
     with pytest.raises(ValueError, match=r"pair 0's video lacks \['video_grid_thw'\]"):
-        fast.pack(prompts, chosen, rejected, [{"pixel_values_videos": videos[0][
+        packer.pack(prompts, chosen, rejected, [{"pixel_values_videos": videos[0][
             "pixel_values_videos"]}, videos[1]])
     with pytest.raises(ValueError, match="means 32 patches"):
-        fast.pack(prompts, chosen, rejected, [videos[0] | {"video_grid_thw": torch.tensor(
+        packer.pack(prompts, chosen, rejected, [videos[0] | {"video_grid_thw": torch.tensor(
             [[2, 4, 4]])}, videos[1]])
     with pytest.raises(ValueError, match="one video per pair"):
-        fast.hidden_states(replace(fast.pack(prompts, chosen, rejected, videos), videos=None))
+        fast.hidden_states(replace(packer.pack(prompts, chosen, rejected, videos), videos=None))
     with pytest.raises(ValueError, match="unknown attention backend"):
         PreferenceModel(fast.model, attention_backend="fast")
 
@@ -258,7 +261,7 @@ def test_packed_bf16_on_cuda(family, backend):
         bf16 = copy.deepcopy(truth_model).to(torch.bfloat16)
         stock_bf16 = stock_logps(bf16, *pairs)
         fast = PreferenceModel(bf16, attention_backend=backend)
-        got = fast.policy_logps(fast.pack(*pairs))
+        got = fast.policy_logps(PairPacker(fast.adapter).pack(*pairs))
     assert (got - truth).abs().max() <= 2 * (stock_bf16 - truth).abs().max() + 1e-2
 
 

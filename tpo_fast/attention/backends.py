@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from tpo_fast.packing.batch import HostOffsets
+
 BACKENDS = ("auto", "flash_attn", "torch_varlen", "flex", "sdpa")
 
 
@@ -144,7 +146,7 @@ def available_backends(device: torch.device | str) -> list[str]:
 
 
 @dataclass(eq=False)
-class PackedAttention:
+class PackedAttention(HostOffsets):
     """What the attention layers of one packed forward need; built once per micro-batch.
 
     cu_seqlens_q, cu_seqlens_k: int32 [2n+1]; kv_index: int64 [Σk]; all on the model's device.
@@ -185,14 +187,6 @@ class PackedAttention:
                    batch.max_seqlen_k, move(batch.kv_index), backend,
                    getattr(batch, "host_cu_seqlens_q", None),
                    getattr(batch, "host_cu_seqlens_k", None))
-
-    @property
-    def num_tokens(self) -> int:
-        return self.host_cu_seqlens_q[-1]
-
-    @property
-    def num_keys(self) -> int:
-        return self.host_cu_seqlens_k[-1]
 
     def resolve(self, q: torch.Tensor) -> str:
         if self.backend != "auto":

@@ -3,12 +3,13 @@
 ``TPODataset`` tokenizes every pair once (so the packing planner knows exact lengths), probes
 every video (a header read) and builds a packing-plan bin on demand: the bin's videos are
 decoded on a small thread pool (``tpo_fast.video``), preprocessed into the model's video inputs
-and packed with the family's position ids (``PreferenceModel.pack``).
+and packed by the family's ``PairPacker`` (``tpo_fast.data.packer``: token ids, video-token
+checks, position ids).
 
 Decoding follows ``data.video_backend`` / ``data.decode_device`` / ``data.video_threads``
 (``DecodeSettings``): on a CUDA machine by default DALI decodes on the model's own GPU and the
 frames are preprocessed there; CPU-decoded frames travel as pinned uint8 and are normalised on
-the device. With the model on CUDA the packed batch's CPU tensors are pinned too (in the
+the device. With ``device`` on CUDA the packed batch's CPU tensors are pinned too (in the
 building thread), so ``batch.to(device, non_blocking=True)`` does not block.
 
 A pair that cannot be used (empty response, over-long tokenization, unreadable video) is an
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tpo_fast.data.packer import PairPacker
 from tpo_fast.data.pairs import PairFileError, PairRecord
 from tpo_fast.packing import PackedBatch
 
@@ -42,28 +44,29 @@ class TPODataset:
 
     Args:
         records: validated pairs (``read_pairs``); a pair's own ``system`` message (TRL)
-            replaces ``data.system_prompt`` for it.
-        policy: the ``PreferenceModel`` (its adapter, config and ``pack``).
-        tokenizer: the model's tokenizer (with its chat template).
+            replaces ``data.system_prompt`` for it (with neither, the packer's own
+            ``system_prompt``, None unless set).
+        packer: the family's ``PairPacker`` (adapter + tokenizer): tokenises and packs.
         data_cfg: ``DataConfig`` (frames, system_prompt, decode_threads, skip_invalid,
-            video_backend, decode_device, video_threads).
+            video_backend, decode_device, video_threads, min/max_pixels).
+        device: where the model runs and batches go (``PreferenceModel.device``): decoding
+            defaults to it (DALI on its GPU) and batches are pinned when it is CUDA.
     After construction ``skipped`` lists ``"file:line: reason"`` for every pair left out and
     ``decode`` holds the resolved ``DecodeSettings`` (explicit device).
     """
 
-    def __init__(self, records: list[PairRecord], policy, tokenizer, data_cfg):
+    def __init__(self, records: list[PairRecord], packer: PairPacker, data_cfg, *,
+                 device: torch.device | str):
         from tpo_fast.video import DecodeSettings
 
-        self.policy = policy
-        self.adapter = policy.adapter
-        self.model_config = policy.model.config
-        self.tokenizer = tokenizer
+        self.packer = packer
+        self.model_config = packer.adapter.model.config
         self.cfg = data_cfg
         # Resolved here, in the constructing thread: workers get an explicit device index.
         self.decode = DecodeSettings.build(
             getattr(data_cfg, "video_backend", "auto"), getattr(data_cfg, "decode_device", "auto"),
-            getattr(data_cfg, "video_threads", 2), model_device=policy.device)
-        self._pin = torch.device(policy.device).type == "cuda"  # batches go to a GPU
+            getattr(data_cfg, "video_threads", 2), model_device=device)
+        self._pin = torch.device(device).type == "cuda"  # batches go to a GPU
         self.skipped: list[str] = []
         self._shape_videos: dict[tuple, dict] = {}
         self.records, self.tokens, prompt_lens = [], [], []
@@ -71,8 +74,8 @@ class TPODataset:
 
         for record in records:
             try:
-                tokens = _Tokens(record.prompt, self.adapter.response_ids(tokenizer, record.chosen),
-                                 self.adapter.response_ids(tokenizer, record.rejected))
+                tokens = _Tokens(record.prompt, packer.response_ids(record.chosen),
+                                 packer.response_ids(record.rejected))
                 if tokens.chosen == tokens.rejected:
                     raise ValueError("chosen and rejected tokenize identically")
                 prompt_len = self._prompt_len(record)
@@ -122,9 +125,10 @@ class TPODataset:
         if key not in self._shape_videos:
             self._shape_videos[key] = self._shape_only_video(record)
         video = self._shape_videos[key]
-        prompt = self.adapter.prompt_ids(self.tokenizer, record.prompt, video,
-                                         system=record.system or self.cfg.system_prompt)
-        return len(prompt)
+        return len(self.packer.prompt_ids(record.prompt, video, system=self._system(record)))
+
+    def _system(self, record: PairRecord) -> str | None:
+        return record.system or self.cfg.system_prompt
 
     def _preprocess_kwargs(self) -> dict:
         return {"min_pixels": self.cfg.min_pixels, "max_pixels": self.cfg.max_pixels}
@@ -159,14 +163,13 @@ class TPODataset:
         """The packed micro-batch of the given pairs (a packing-plan bin)."""
         pair_ids = [int(i) for i in pair_ids]
         videos = list(self._pool.map(self.video_inputs, pair_ids))
-        prompts = [self.adapter.prompt_ids(self.tokenizer, self.tokens[i].question, video,
-                                           system=self.records[i].system
-                                           or self.cfg.system_prompt)
+        prompts = [self.packer.prompt_ids(self.tokens[i].question, video,
+                                          system=self._system(self.records[i]))
                    for i, video in zip(pair_ids, videos)]
         ref = None
         if self.has_ref_logps:
             ref = torch.tensor([self.records[i].ref_logps for i in pair_ids], dtype=torch.float32)
-        batch = self.policy.pack(prompts, [self.tokens[i].chosen for i in pair_ids],
+        batch = self.packer.pack(prompts, [self.tokens[i].chosen for i in pair_ids],
                                  [self.tokens[i].rejected for i in pair_ids], videos,
                                  ref_logps=ref, pair_ids=pair_ids, is_padding=is_padding)
         return batch.pin_memory() if self._pin else batch

@@ -16,6 +16,7 @@ Every problem names the file, the line (or row) and the field.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -268,17 +269,27 @@ def read_pairs_config(data_cfg, check_videos: bool = True):
                       format=data_cfg.format, fields=fields, frame_fps=data_cfg.frame_fps)
 
 
-def write_pairs_atomic(path: str | Path, objects: list[dict]) -> None:
-    """Write JSONL through a temporary file in the same folder and an atomic rename."""
+@contextlib.contextmanager
+def atomic_text_file(path: str | Path, newline: str | None = None):
+    """A UTF-8 text file opened for writing that replaces ``path`` only when the block ends
+    without error: written to a temporary file in the same folder, fsync'd, then renamed over
+    ``path`` (atomic); on error the temporary file is removed and ``path`` stays as it was.
+    ``newline``: as ``open``'s ("" writes line endings as given)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for obj in objects:
-                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_pairs_atomic(path: str | Path, objects: list[dict]) -> None:
+    """Write JSONL through a temporary file in the same folder and an atomic rename."""
+    with atomic_text_file(path) as f:
+        for obj in objects:
+            f.write(json.dumps(obj, ensure_ascii=False) + "\n")

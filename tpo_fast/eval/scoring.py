@@ -2,16 +2,18 @@
 
 A question with K options is scored as ``ceil(K/2)`` preference pairs that share its prompt
 (video + question + lettered options): pair k holds option 2k as "chosen" and option 2k+1 as
-"rejected" (the last option twice when K is odd), so ``PreferenceModel.policy_logps`` returns
-every option's summed log-likelihood in one packed forward per batch of questions, the prompt
-computed once per pair instead of once per option. ``stock_option_logps`` is the obvious slow
-path (one standard Hugging Face forward per option); the tests hold the two equal.
+"rejected" (the last option twice when K is odd), packed by the family's ``PairPacker``, so
+``PreferenceModel.policy_logps`` returns every option's summed log-likelihood in one packed
+forward per batch of questions, the prompt computed once per pair instead of once per option.
+``stock_option_logps`` is the obvious slow path (one standard Hugging Face forward per option);
+the tests hold the two equal.
 """
 
 from __future__ import annotations
 
 import torch
 
+from tpo_fast.data.packer import PairPacker
 from tpo_fast.eval.records import MCQuestion, letter
 
 DEFAULT_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -64,7 +66,7 @@ def option_logps(preference_model, prompts: list[list[int]], options: list[list[
             rejected.append(opts[b])
             pair_videos.append(video)
             owners.append(q)
-    batch = preference_model.pack(pair_prompts, chosen, rejected, pair_videos)
+    batch = PairPacker(preference_model.adapter).pack(pair_prompts, chosen, rejected, pair_videos)
     with torch.no_grad():
         logps = preference_model.policy_logps(batch).cpu()  # [pairs, 2]
     out: list[list[torch.Tensor]] = [[] for _ in prompts]

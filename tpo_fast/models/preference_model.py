@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from tpo_fast.attention import BACKENDS, PACKED_KWARG, PackedAttention, packed_forward, register
-from tpo_fast.models.base import as_index_list, is_frozen
+from tpo_fast.models.base import is_frozen
 from tpo_fast.models.registry import adapter_for
-from tpo_fast.packing import PackedBatch, pack_pairs
+from tpo_fast.packing import PackedBatch
 
 
 class PreferenceModel(nn.Module):
@@ -71,25 +71,6 @@ class PreferenceModel(nn.Module):
 
     def lm_head_weight(self) -> torch.Tensor:
         return self.adapter.lm_head_weight()
-
-    # ---- building batches --------------------------------------------------------------------
-    def pack(self, prompt_ids, chosen_ids, rejected_ids, videos: list, **kwargs) -> PackedBatch:
-        """``tpo_fast.packing.pack_pairs`` with this family's position ids; one video per pair."""
-        videos = list(videos)
-        for i, video in enumerate(videos):
-            self.adapter.check_video(video, f"pair {i}'s video")
-            expected = self.adapter.num_video_tokens(video)
-            found = as_index_list(prompt_ids[i]).count(self.adapter.video_token_id)
-            if found != expected:
-                raise ValueError(f"pair {i}: the prompt holds {found} video tokens but its video "
-                                 f"makes {expected}")
-        for name, rows in (("chosen", chosen_ids), ("rejected", rejected_ids)):
-            for i, row in enumerate(rows):
-                if self.adapter.video_token_id in as_index_list(row):
-                    raise ValueError(f"pair {i}: the {name} response holds a video token")
-        prompts = [as_index_list(p) for p in prompt_ids]
-        return pack_pairs(prompts, chosen_ids, rejected_ids, videos=videos,
-                          position_ids_fn=self.adapter.position_ids_fn(prompts, videos), **kwargs)
 
     # ---- sequence parallelism ----------------------------------------------------------------
     def enable_sequence_parallel(self, sp) -> None:

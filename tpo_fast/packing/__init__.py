@@ -2,7 +2,9 @@
 
 ``plan_bins`` assigns pairs to micro-batches and ranks; ``build_indices`` and ``pack_pairs``
 build one micro-batch. Both run in the native extension ``tpo_fast._C`` when it is built and
-in the numpy reference (``tpo_fast.packing.reference``) otherwise.
+in the numpy reference (``tpo_fast.packing.reference``) otherwise. A model family's pairs go
+through ``tpo_fast.data.PairPacker`` (token ids, video-token checks, the family's position ids),
+which calls ``pack_pairs``.
 """
 
 from tpo_fast.packing.backend import get_backend, native_available

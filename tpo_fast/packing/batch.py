@@ -21,8 +21,23 @@ from tpo_fast.packing.backend import as_triplet, get_backend
 PositionIdsFn = Callable[[int, int, int], np.ndarray]
 
 
+class HostOffsets:
+    """``num_tokens`` and ``num_keys`` of a packed micro-batch, read from the host copies of its
+    offsets (``host_cu_seqlens_q`` / ``host_cu_seqlens_k``: tuples of Python ints), so asking
+    never reads a device tensor. A mixin of ``PackedIndices`` and the attention's
+    ``PackedAttention``, which both hold those two tuples."""
+
+    @property
+    def num_tokens(self) -> int:
+        return self.host_cu_seqlens_q[-1]
+
+    @property
+    def num_keys(self) -> int:
+        return self.host_cu_seqlens_k[-1]
+
+
 @dataclass(frozen=True)
-class PackedIndices:
+class PackedIndices(HostOffsets):
     """Index arrays of one micro-batch of n pairs, T packed tokens, N scored tokens.
 
     pair_offsets  [n+1]   int64  start of each pair on the packed axis
@@ -62,14 +77,6 @@ class PackedIndices:
     @property
     def n_pairs(self) -> int:
         return len(self.pair_offsets) - 1
-
-    @property
-    def num_tokens(self) -> int:
-        return self.host_cu_seqlens_q[-1]
-
-    @property
-    def num_keys(self) -> int:
-        return self.host_cu_seqlens_k[-1]
 
 
 def _custom_positions(fn: PositionIdsFn, p: np.ndarray, c: np.ndarray, r: np.ndarray):

@@ -70,6 +70,7 @@ def plan_epoch(cfg: TrainConfig, lengths, dp_world: int, epoch: int, excluded=()
 
 def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
     from tpo_fast.data.dataset import TPODataset
+    from tpo_fast.data.packer import PairPacker
     from tpo_fast.data.pairs import read_pairs_config
     from tpo_fast.models import PreferenceModel
     from tpo_fast.train.reference import reference_kind
@@ -110,7 +111,8 @@ def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
                              train_vision_tower=cfg.model.train_vision_tower,
                              train_projector=cfg.model.train_projector)
     sp, mpu = _sequence_parallel(cfg, policy)
-    dataset = TPODataset(records, policy, tokenizer, cfg.data)
+    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data,
+                         device=policy.device)
     reference = reference_kind(cfg, dataset.has_ref_logps)
     lengths = dataset.lengths()
     key = PlanKey.of(cfg, dp_world)

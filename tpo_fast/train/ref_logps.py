@@ -63,6 +63,7 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
     import torch.distributed as dist
 
     from tpo_fast.data.dataset import TPODataset
+    from tpo_fast.data.packer import PairPacker
     from tpo_fast.data.pairs import read_pairs_config, write_pairs_atomic
     from tpo_fast.models import PreferenceModel
     from tpo_fast.packing import plan_bins
@@ -80,7 +81,8 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
     enable_sequence_parallel(cfg, policy)  # the training layout (an SP group, one batch)
     sp_size = cfg.deepspeed.sequence_parallel_size
     dp_world, dp_rank = world // sp_size, rank // sp_size
-    dataset = TPODataset(records, policy, tokenizer, cfg.data)
+    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data,
+                         device=policy.device)
     p, c, r = dataset.lengths()
     plan = plan_bins(p, c, r, cfg.data.token_budget * sp_size, dp_world, cfg.run.seed,
                      drop_overlong=cfg.data.drop_overlong)
@@ -142,8 +144,8 @@ def _rewrite_in_place(path: Path, records, objects: list[dict]) -> None:
     """Rewrite the JSONL file ``path`` atomically: each scored record's line replaced by its
     object, every other line (blank, invalid, unreadable video) kept byte for byte."""
     import json
-    import os
-    import tempfile
+
+    from tpo_fast.data.pairs import atomic_text_file
 
     by_line = {}
     for record, obj in zip(records, objects):
@@ -151,17 +153,9 @@ def _rewrite_in_place(path: Path, records, objects: list[dict]) -> None:
         by_line[line] = json.dumps(obj, ensure_ascii=False)
     with open(path, encoding="utf-8", newline="") as f:
         lines = f.read().splitlines(keepends=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            for n, line in enumerate(lines, start=1):
-                if n in by_line:  # the line's own ending (\n, \r\n) is kept
-                    body = line.rstrip("\r\n")
-                    line = by_line[n] + (line[len(body):] or "\n")
-                f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_text_file(path, newline="") as f:
+        for n, line in enumerate(lines, start=1):
+            if n in by_line:  # the line's own ending (\n, \r\n) is kept
+                body = line.rstrip("\r\n")
+                line = by_line[n] + (line[len(body):] or "\n")
+            f.write(line)
