@@ -28,8 +28,8 @@ Images: a pair whose prompt holds images runs the model's own image path
 (``adapter.image_adapter()``: ``get_image_features``, the image token, the rope index's image
 grid). Tested against TRL 1.16.
 
-The two calls into the library that issue 28's seams replace are ``_pack`` (today
-``PreferenceModel.pack``; then ``tpo_fast.data.packer.PairPacker``) and ``_loss`` (today
+The two calls into the library are the seams of issue 28: ``_pack``
+(``tpo_fast.data.packer.PairPacker``) and ``_loss`` (today
 ``tpo_fast.kernels.preference_loss`` with ``loss_options``; then ``PreferenceModel.loss`` with a
 ``LossSpec``).
 """
@@ -204,8 +204,12 @@ class PairCollator:
 
 # ---- the two seams (issue 28) ----------------------------------------------------------------
 def _pack(policy: PreferenceModel, pairs: PairBatch):
-    """The packing seam: pairs -> PackedBatch (issue 28: ``PairPacker(adapter, tokenizer)``)."""
-    return policy.pack(pairs.prompt_ids, pairs.chosen_ids, pairs.rejected_ids, pairs.visuals)
+    """The packing seam: pairs -> PackedBatch, through the family's ``PairPacker`` (the pairs are
+    tokenised already: the prompts hold their visual tokens)."""
+    from tpo_fast.data.packer import PairPacker
+
+    return PairPacker(policy.adapter).pack(pairs.prompt_ids, pairs.chosen_ids,
+                                           pairs.rejected_ids, pairs.visuals)
 
 
 def _loss(policy: PreferenceModel, batch, options: dict, ref_logps: torch.Tensor | None):
