@@ -119,3 +119,76 @@ def test_loss_options_follow_trl_loss_lists(tmp_path):
                                label_smoothing=0.1))["label_smoothing"] == 0.1
     with pytest.raises(UnsupportedConfigError, match="'aot'"):
         loss_options(config(tmp_path, loss_type=["aot"]))
+
+
+# ---- video pairs: the drop-in equals `tpo-fast train` on the same rows ------------------------
+# TRL 1.16 defines no video column; the rows are TRL's conversational preference rows with a
+# {"type": "video"} content part (as TRL's trl/chat_templates/qwen2_5_vl.jinja reads it) and a
+# `videos` column mirroring `images` — the layout tpo_fast/data/formats.py reads (its tests:
+# tests/test_data_formats.py::_trl_rows).
+
+def video_rows(tmp_path) -> list[dict]:
+    from tpo_fast.data.synthetic import make_pairs
+
+    make_pairs(tmp_path, n_pairs=2, n_videos=2, seed=3, size=32, n_frames=8)
+    rows = []
+    for i in range(2):
+        prompt = [{"role": "user", "content": [{"type": "video", "text": None},
+                                               {"type": "text", "text": ex.PROMPTS[i]}]}]
+        rows.append({"prompt": prompt,
+                     "chosen": [{"role": "assistant", "content": ex.CHOSEN[i]}],
+                     "rejected": [{"role": "assistant", "content": ex.REJECTED[i]}],
+                     "videos": [str(tmp_path / "videos" / f"video_{i:03d}.mp4")]})
+    return rows
+
+
+def test_video_pairs_equal_tpo_fast_train(folder, tmp_path):
+    """Three steps of the drop-in on TRL-format video rows (a `datasets.Dataset`) and three steps
+    of `tpo-fast train` (the Trainer the CLI runs, in-process) on the same rows as JSONL: same
+    folder, beta 0.5, sigmoid, lr 1e-2 constant, AdamW (no weight decay), clip 1.0, 2 pairs a
+    step (the same 2 pairs each step: one epoch is one step, so the data order is not a
+    variable), every weight trained (the vision tower too: TRL trains it): every step's loss and
+    reward margin agree."""
+    import json
+
+    from datasets import Dataset
+
+    from tpo_fast.config import DataConfig, load_config
+    from tpo_fast.integrations.trl import TPODPOTrainer
+    from tpo_fast.train.loop import Trainer
+    from tpo_fast.train.metrics import read_metrics
+
+    rows = video_rows(tmp_path / "data")
+    pairs_file = tmp_path / "data" / "trl_videos.jsonl"
+    pairs_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    video = dict(frames=4, video_backend="pyav", decode_threads=1)
+
+    cfg = load_config(None, [
+        f"model.path={folder}", "model.dtype=float32", "model.train_vision_tower=true",
+        f"data.train={pairs_file}", *[f"data.{k}={v}" for k, v in video.items()],
+        "loss.beta=0.5", "loss.loss_type=sigmoid", "loss.reference=model", "optim.lr=1e-2",
+        "optim.scheduler=constant", "optim.warmup_ratio=0", "optim.epochs=3", "optim.max_steps=3",
+        "optim.global_batch_size=2", "optim.max_grad_norm=1.0", "deepspeed.zero_stage=0",
+        f"run.output_dir={tmp_path / 'tpo'}", "run.progress=false", "run.tensorboard=false",
+        "run.plot=false", "run.resume=never"])
+    Trainer(cfg).run()
+    ours_cli = read_metrics(tmp_path / "tpo" / "metrics.jsonl")
+
+    trainer = TPODPOTrainer(
+        model=str(folder), args=config(tmp_path / "trl", loss_type=["sigmoid"],
+                                       lr_scheduler_type="constant", max_grad_norm=1.0),
+        train_dataset=Dataset.from_list(rows), processing_class=ex.image_processor_only(folder),
+        video_data=DataConfig(**video))
+    trainer.train()
+    dropin = [h for h in trainer.state.log_history if "loss" in h]
+
+    assert len(ours_cli) == len(dropin) == 3
+    for step, (a, b) in enumerate(zip(ours_cli, dropin)):
+        assert a["pairs"] == 2
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5, abs_tol=2e-5), \
+            (step, a["loss"], b["loss"])
+        assert math.isclose(a["reward_margin"], b["rewards/margins"], rel_tol=1e-5,
+                            abs_tol=2e-5), (step, a["reward_margin"], b["rewards/margins"])
+    # the policy moved (three different steps, not three copies of step 0)
+    assert dropin[0]["rewards/margins"] == 0 and dropin[-1]["rewards/margins"] != 0
+    assert abs(dropin[-1]["loss"] - dropin[0]["loss"]) > 1e-4

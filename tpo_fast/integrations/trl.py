@@ -131,8 +131,8 @@ class PairBatch:
     prompt_ids: list = field(default_factory=list)
     chosen_ids: list = field(default_factory=list)
     rejected_ids: list = field(default_factory=list)
-    visuals: list = field(default_factory=list)  # per pair: the processor's image inputs
-    kind: str = "image"
+    visuals: list = field(default_factory=list)  # per pair: the image or video inputs
+    kind: str = "image"  # "image" (the processor's image inputs) or "video" (ours)
 
     @property
     def num_tokens(self) -> int:
@@ -144,14 +144,98 @@ class PairBatch:
 _TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 
 
+class VideoPairs:
+    """TRL-format rows with a video -> (prompt ids, chosen ids, rejected ids, video inputs), read
+    as ``tpo-fast train`` reads the same rows (TRL defines no video column; ours:
+    ``tpo_fast/data/formats.py``): ``trl_pair`` and ``parse_pair`` (the ``videos`` column or a
+    video content part; a relative path resolves under ``data.video_root``, else the working
+    directory), the video decoded and preprocessed by the family's video path
+    (``load_video_inputs``: ``data.frames`` / the row's ``frames``, ``min_pixels``,
+    ``max_pixels``, the decode backend), and tokenised by the family's ``PairPacker`` (its chat
+    template, the video tokens expanded, each response ending with the end-of-turn token).
+
+    Args:
+        adapter: the family's adapter (``PreferenceModel.adapter``).
+        tokenizer: the model's tokenizer (a processor's ``tokenizer`` is taken).
+        data: a ``tpo_fast.config.DataConfig``, the ``data`` section ``tpo-fast train`` reads.
+    """
+
+    def __init__(self, adapter, tokenizer, data=None):
+        from pathlib import Path
+
+        from tpo_fast.config import DataConfig
+        from tpo_fast.data.packer import PairPacker
+        from tpo_fast.video import DecodeSettings
+
+        self.cfg = data if data is not None else DataConfig()
+        self.packer = PairPacker(adapter, getattr(tokenizer, "tokenizer", tokenizer))
+        self.model_config = adapter.model.config
+        self.root = Path(self.cfg.video_root or ".")
+        self.decode = DecodeSettings.build(self.cfg.video_backend, self.cfg.decode_device,
+                                           self.cfg.video_threads, model_device="cpu")
+
+    def __call__(self, example: dict, where: str):
+        from tpo_fast.data.formats import trl_pair
+        from tpo_fast.data.pairs import parse_pair
+        from tpo_fast.video import load_video_inputs
+
+        try:
+            record = parse_pair(trl_pair(example), where, self.root, self.cfg.frame_fps)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
+        frames = record.frames if record.frames is not None else self.cfg.frames
+        frames = {"frame_indices": frames} if isinstance(frames, list) else {"num_frames": frames}
+        video, _ = load_video_inputs(record.video, self.model_config, settings=self.decode,
+                                     min_pixels=self.cfg.min_pixels,
+                                     max_pixels=self.cfg.max_pixels, **frames)
+        prompt = self.packer.prompt_ids(record.prompt, video,
+                                        system=record.system or self.cfg.system_prompt)
+        return (prompt, self.packer.response_ids(record.chosen),
+                self.packer.response_ids(record.rejected), video)
+
+
+def _is_video_row(example: dict) -> bool:
+    return bool(example.get("videos")) or example.get("video") is not None
+
+
 class PairCollator:
-    """TRL-format examples -> ``{"pairs": PairBatch}``, tokenised as TRL 1.16's
+    """TRL-format examples -> ``{"pairs": PairBatch}``. Image rows are tokenised as TRL 1.16's
     ``DataCollatorForVisionPreference`` does (same message preparation, chat template, processor
     calls and ``keep_start`` truncation of each ``prompt + response`` row at ``max_length``), one
-    processor call per prompt instead of one per row."""
+    processor call per prompt instead of one per row. Rows with a video (``videos`` column, or
+    ``video``) go through ``video`` (a ``VideoPairs``: as ``tpo-fast train`` reads them), with
+    the same ``keep_start`` truncation of the responses. A micro-batch holds one kind."""
 
-    def __init__(self, processor, max_length: int | None = None):
-        self.processor, self.max_length = processor, max_length
+    def __init__(self, processor, max_length: int | None = None, video: VideoPairs | None = None):
+        self.processor, self.max_length, self.video = processor, max_length, video
+
+    def _truncate(self, i: int, ids: list, response: list, key: str) -> list:
+        if self.max_length is not None:
+            if len(ids) >= self.max_length:
+                raise ValueError(
+                    f"example {i}: its prompt has {len(ids)} tokens, max_length is "
+                    f"{self.max_length}: truncation would cut the {key} response "
+                    "entirely (and visual tokens with it)")
+            response = response[:self.max_length - len(ids)]
+        if not response:
+            raise ValueError(f"example {i}: empty {key} response")
+        return response
+
+    def _videos(self, examples: list[dict]) -> dict:
+        if self.video is None:
+            raise UnsupportedConfigError("video rows need the trainer's video reader (the "
+                                         "PairCollator was built without one)")
+        out = PairBatch(kind="video")
+        for i, example in enumerate(examples):
+            if not _is_video_row(example):
+                raise UnsupportedConfigError(f"example {i} has no video in a micro-batch of "
+                                             "video rows (one kind per micro-batch)")
+            prompt, chosen, rejected, video = self.video(example, f"example {i}")
+            out.prompt_ids.append(prompt)
+            out.chosen_ids.append(self._truncate(i, prompt, chosen, "chosen"))
+            out.rejected_ids.append(self._truncate(i, prompt, rejected, "rejected"))
+            out.visuals.append(video)
+        return {"pairs": out}
 
     def __call__(self, examples: list[dict]) -> dict:
         from trl.data_utils import (
@@ -160,15 +244,16 @@ class PairCollator:
             prepare_multimodal_messages,
         )
 
+        if examples and _is_video_row(examples[0]):
+            return self._videos(examples)
         out = PairBatch()
         for i, example in enumerate(examples):
             example = dict(example)
             if "image" in example:
                 example["images"] = [example.pop("image")]
-            if example.get("videos"):
-                raise UnsupportedConfigError(
-                    f"example {i} has a 'videos' column: TPODPOTrainer takes image pairs in this "
-                    "release (video pairs: tpo-fast train, or the HF Trainer example)")
+            if _is_video_row(example):
+                raise UnsupportedConfigError(f"example {i} has a video in a micro-batch of "
+                                             "image rows (one kind per micro-batch)")
             images = example.get("images") or []
             if not images:
                 raise UnsupportedConfigError(f"example {i} has no images: the packed forward "
@@ -184,17 +269,7 @@ class PairCollator:
             responses = []
             for key in ("chosen", "rejected"):
                 r = self.processor(text=[example[key]], add_special_tokens=False)["input_ids"][0]
-                r = list(r)
-                if self.max_length is not None:
-                    if len(ids) >= self.max_length:
-                        raise ValueError(
-                            f"example {i}: its prompt has {len(ids)} tokens, max_length is "
-                            f"{self.max_length}: truncation would cut the {key} response "
-                            "entirely (and image tokens with it)")
-                    r = r[:self.max_length - len(ids)]
-                if not r:
-                    raise ValueError(f"example {i}: empty {key} response")
-                responses.append(r)
+                responses.append(self._truncate(i, ids, list(r), key))
             out.prompt_ids.append(ids)
             out.chosen_ids.append(responses[0])
             out.rejected_ids.append(responses[1])
@@ -287,7 +362,14 @@ class TPODPOTrainer(DPOTrainer):
     ``UNSUPPORTED`` for the fields it refuses."""
 
     def __init__(self, model, ref_model=None, args: DPOConfig | None = None, data_collator=None,
-                 train_dataset=None, eval_dataset=None, processing_class=None, **kwargs):
+                 train_dataset=None, eval_dataset=None, processing_class=None, *,
+                 video_data=None, **kwargs):
+        # TRL 1.16 knows no video column: a dataset of video rows is kept untokenised here (as
+        # TRL keeps its image datasets) and read by VideoPairs; ``video_data`` is the
+        # ``tpo_fast.config.DataConfig`` it reads them with (frames, pixels, video_root, ...)
+        sample = next(iter(train_dataset)) if train_dataset is not None else {}
+        self._tpo_video = _is_video_row(sample)
+        self._tpo_video_data = video_data
         if args is not None:
             check_config(args)
         if kwargs.get("peft_config") is not None:
@@ -300,41 +382,64 @@ class TPODPOTrainer(DPOTrainer):
         if self.aux_loss_enabled:
             raise UnsupportedConfigError("router_aux_loss_coef: the MoE router loss is not "
                                          "returned by the packed forward")
+        if self._tpo_video:
+            self._is_vision_dataset = True  # TRL's untokenised (on the fly) dataset paths
+            self._signature_columns = None
         if not self._is_vision_dataset:
-            raise UnsupportedConfigError("TPODPOTrainer takes image datasets ('images' column); "
-                                         "a text-only dataset gains nothing from it")
-        if data_collator is None:
-            self.data_collator = PairCollator(self.processing_class, self.args.max_length)
-        self._tpo_options = loss_options(self.args)
+            raise UnsupportedConfigError("TPODPOTrainer takes image datasets ('images' column) "
+                                         "and video datasets ('videos'); a text-only dataset "
+                                         "gains nothing from it")
         unwrapped = self.model
-        self._tpo_policy = _image_model(_preference_model(unwrapped))
+        policy = _preference_model(unwrapped)
+        self._tpo_policy = {"video": policy, "image": _image_model(policy)}
+        if data_collator is None:
+            self.data_collator = PairCollator(
+                self.processing_class, self.args.max_length,
+                video=VideoPairs(policy.adapter, self.processing_class, video_data))
+        self._tpo_options = loss_options(self.args)
         _packed_forward(unwrapped, self._policy_run)
         self._tpo_reference = None
         if self.ref_model is not None:
             ref = getattr(self.ref_model, "module", self.ref_model)  # a DeepSpeed engine's model
-            self._tpo_reference = _image_model(_preference_model(ref))
+            reference = _preference_model(ref)
+            self._tpo_reference = {"video": reference, "image": _image_model(reference)}
             _packed_forward(ref, self._reference_run)
 
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if getattr(self, "_tpo_video", False):
+            return dataset  # read on the fly by VideoPairs, as TRL's image datasets are
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if getattr(self, "_tpo_video", False):
+            # TRL's vision columns, the video columns, and the row fields VideoPairs reads
+            extra = ["videos", "video", "frames", "fps", "system"]
+            self._signature_columns = list(self._signature_columns) + [
+                c for c in extra if c not in self._signature_columns]
+
     def _policy_run(self, packed):
-        batch, ref_logps = packed
-        loss, metrics, hidden = _loss(self._tpo_policy, batch, self._tpo_options, ref_logps)
+        batch, ref_logps, kind = packed
+        policy = self._tpo_policy[kind]
+        loss, metrics, hidden = _loss(policy, batch, self._tpo_options, ref_logps)
         device = hidden.device
-        stats = _token_stats(hidden.detach(), self._tpo_policy.lm_head_weight().detach(),
+        stats = _token_stats(hidden.detach(), policy.lm_head_weight().detach(),
                              batch.target_ids.to(device), batch.seq_id.to(device))
         return loss, metrics, stats
 
-    def _reference_run(self, batch):
-        return self._tpo_reference.policy_logps(batch)
+    def _reference_run(self, packed):
+        batch, kind = packed
+        return self._tpo_reference[kind].policy_logps(batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
             raise NotImplementedError("TPODPOTrainer builds no logits (compute_metrics / "
                                       "prediction logits): use prediction_loss_only")
         pairs: PairBatch = inputs["pairs"]
-        batch = _pack(self._tpo_policy, pairs)
+        batch = _pack(self._tpo_policy[pairs.kind], pairs)
         with torch.no_grad(), self.accelerator.autocast():  # as TRL's reference forward
-            ref_logps = self.ref_model(tpo_packed=batch)
-        loss, metrics, stats = model(tpo_packed=(batch, ref_logps))
+            ref_logps = self.ref_model(tpo_packed=(batch, pairs.kind))
+        loss, metrics, stats = model(tpo_packed=(batch, ref_logps, pairs.kind))
         self._log_pairs(pairs, metrics, stats, ref_logps.to(loss.device))
         return loss
 
@@ -377,4 +482,4 @@ class TPODPOTrainer(DPOTrainer):
 
 
 __all__ = ["PairBatch", "PairCollator", "TPODPOTrainer", "UNSUPPORTED", "UnsupportedConfigError",
-           "check_config", "loss_options"]
+           "VideoPairs", "check_config", "loss_options"]
