@@ -192,3 +192,71 @@ def test_video_pairs_equal_tpo_fast_train(folder, tmp_path):
     # the policy moved (three different steps, not three copies of step 0)
     assert dropin[0]["rewards/margins"] == 0 and dropin[-1]["rewards/margins"] != 0
     assert abs(dropin[-1]["loss"] - dropin[0]["loss"]) > 1e-4
+
+
+# ---- accelerate launch + DeepSpeed ZeRO-3, 2 processes (gloo, CPU) equals 1 process ----------
+# The accelerate config is TRL's examples/accelerate_configs/deepspeed_zero3.yaml (huggingface/trl)
+# with num_processes 2 and mixed_precision "no" (float32 on CPU); its DeepSpeed section points to
+# a ZeRO-3 config file that partitions every parameter (persistence threshold 0) and keeps none
+# gathered between uses (reuse distance, live parameters 0), so the LM head the fused loss reads
+# is a partitioned parameter.
+ZERO3_ACCELERATE = {
+    "compute_environment": "LOCAL_MACHINE", "debug": False,
+    "deepspeed_config": {"deepspeed_multinode_launcher": "standard", "zero3_init_flag": True},
+    "distributed_type": "DEEPSPEED", "downcast_bf16": "no", "machine_rank": 0,
+    "main_training_function": "main", "num_machines": 1, "num_processes": 2,
+    "rdzv_backend": "static", "same_network": True, "tpu_env": [], "tpu_use_cluster": False,
+    "tpu_use_sudo": False, "use_cpu": False}
+ZERO3_DEEPSPEED = {
+    "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
+                          "stage3_max_reuse_distance": 0, "stage3_max_live_parameters": 0,
+                          "stage3_prefetch_bucket_size": 0,
+                          "stage3_gather_16bit_weights_on_model_save": True},
+    "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+    "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
+
+
+@pytest.mark.multiprocess_cpu
+def test_accelerate_zero3_two_processes_equal_one(folder, tmp_path):
+    """3 steps of the drop-in (image pairs, sigmoid, 2 pairs a step) as 1 plain process
+    (per-device batch 2) and as 2 ranks under ``accelerate launch`` + DeepSpeed ZeRO-3 (gloo,
+    per-device batch 1, the model partitioned at load by zero.Init): every step's loss, reward
+    margin, log-probs and gradient norm agree."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+    from test_real_paths import _env, _free_port
+
+    ds = tmp_path / "ds_zero3.json"
+    ds.write_text(json.dumps(ZERO3_DEEPSPEED))
+    acc = dict(ZERO3_ACCELERATE)
+    acc["deepspeed_config"] = dict(acc["deepspeed_config"], deepspeed_config_file=str(ds))
+    config_file = tmp_path / "deepspeed_zero3.yaml"
+    config_file.write_text(yaml.safe_dump(acc))
+    worker = str(ROOT / "tests" / "trl_zero3_worker.py")
+    env = _env()
+    runs = {
+        "one": [sys.executable, worker, str(folder), str(tmp_path / "one.json"), "2"],
+        "two": [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(config_file), "--main_process_port", _free_port(), worker, str(folder),
+                str(tmp_path / "two.json"), "1"],
+    }
+    for name, cmd in runs.items():
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path)
+        assert proc.returncode == 0, (name, proc.stderr[-4000:])
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert one["world"] == 1 and one["zero_stage"] == 0
+    assert two["world"] == 2 and two["zero_stage"] == 3
+    assert two["distributed_type"] == "DistributedType.DEEPSPEED"
+    assert two["partitioned"] > 0  # ZeRO-3 really holds the weights sharded
+    assert len(one["logs"]) == len(two["logs"]) == 3
+    for step, (a, b) in enumerate(zip(one["logs"], two["logs"])):
+        for name in ("loss", "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm",
+                     "num_tokens"):
+            assert math.isclose(a[name], b[name], rel_tol=1e-5, abs_tol=2e-5), \
+                (step, name, a[name], b[name])
+    assert one["logs"][-1]["rewards/margins"] != 0

@@ -355,6 +355,40 @@ def _image_model(policy: PreferenceModel) -> PreferenceModel:
     return images
 
 
+def deepspeed_on_cpu() -> dict | None:
+    """Under ``accelerate launch`` with DeepSpeed on a machine without an accelerator: make the
+    process state on gloo and return the ``DPOConfig.accelerator_config`` that makes the Trainer
+    use it (``{"use_configured_state": True}``); elsewhere None (nothing done). Call it before
+    ``DPOConfig(...)`` and leave ``use_cpu`` False (``cpu=True`` turns DeepSpeed off).
+
+    Why: accelerate 1.16's ``PartialState._prepare_backend`` takes the backend from the
+    accelerator (``get_torch_accelerator_backend()``), which is ``(None, None)`` on a CPU-only
+    torch, and transformers' ``TrainingArguments._setup_devices`` passes ``ddp_backend`` only
+    when DeepSpeed is off; with no backend the state says "no distributed training" (one
+    process) and DeepSpeed's batch check fails on the second rank (``train_batch_size`` 1 !=
+    1 * 1 * 2). A ``PartialState(backend="gloo")`` initialises DeepSpeed's communication on gloo
+    (``deepspeed.comm.init_distributed``) and counts the ranks."""
+    import os
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return None
+    if torch.cuda.is_available():
+        return None
+    from accelerate import PartialState
+
+    PartialState(backend="gloo")
+    return {"use_configured_state": True}
+
+
+def _register_external(model: torch.nn.Module, policy: PreferenceModel) -> None:
+    """ZeRO-3: the LM-head weight (read by the fused loss, outside the head's own forward) and the
+    base model's own parameters are gathered for ``model``'s forward, where the packed
+    computation runs (as ``tpo_fast.train.objective`` registers them for its objective)."""
+    from tpo_fast.train.objective import _register_external as register
+
+    register(model, policy)
+
+
 class TPODPOTrainer(DPOTrainer):
     """``trl.DPOTrainer`` (1.16) with the packed prefix-shared forward and the fused loss.
 
@@ -398,12 +432,14 @@ class TPODPOTrainer(DPOTrainer):
                 video=VideoPairs(policy.adapter, self.processing_class, video_data))
         self._tpo_options = loss_options(self.args)
         _packed_forward(unwrapped, self._policy_run)
+        _register_external(unwrapped, policy)
         self._tpo_reference = None
         if self.ref_model is not None:
             ref = getattr(self.ref_model, "module", self.ref_model)  # a DeepSpeed engine's model
             reference = _preference_model(ref)
             self._tpo_reference = {"video": reference, "image": _image_model(reference)}
             _packed_forward(ref, self._reference_run)
+            _register_external(ref, reference)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if getattr(self, "_tpo_video", False):
@@ -482,4 +518,4 @@ class TPODPOTrainer(DPOTrainer):
 
 
 __all__ = ["PairBatch", "PairCollator", "TPODPOTrainer", "UNSUPPORTED", "UnsupportedConfigError",
-           "VideoPairs", "check_config", "loss_options"]
+           "VideoPairs", "check_config", "deepspeed_on_cpu", "loss_options"]
