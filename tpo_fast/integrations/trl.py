@@ -28,6 +28,15 @@ Images: a pair whose prompt holds images runs the model's own image path
 (``adapter.image_adapter()``: ``get_image_features``, the image token, the rope index's image
 grid). Tested against TRL 1.16.
 
+Videos (TRL has no video column): rows with a ``videos`` column are read as ``tpo-fast train``
+reads them (``VideoPairs``; the trainer's ``video_data`` is its ``DataConfig``) and run the
+family's video path; tested equal to ``tpo-fast train`` on the same rows.
+
+``accelerate launch`` with DeepSpeed ZeRO-3: the packed computation runs inside the model's
+forward and the LM-head weight is a registered external parameter; on a CPU-only machine
+``DPOConfig(accelerator_config=deepspeed_on_cpu())`` (see there why). Tested: 2 gloo ranks
+equal 1 process.
+
 The two calls into the library are the seams of issue 28: ``_pack``
 (``tpo_fast.data.packer.PairPacker``) and ``_loss`` (today
 ``tpo_fast.kernels.preference_loss`` with ``loss_options``; then ``PreferenceModel.loss`` with a
