@@ -127,12 +127,12 @@ def test_loss_options_follow_trl_loss_lists(tmp_path):
 # `videos` column mirroring `images` — the layout tpo_fast/data/formats.py reads (its tests:
 # tests/test_data_formats.py::_trl_rows).
 
-def video_rows(tmp_path) -> list[dict]:
+def video_rows(tmp_path, n_pairs: int = 2) -> list[dict]:
     from tpo_fast.data.synthetic import make_pairs
 
-    make_pairs(tmp_path, n_pairs=2, n_videos=2, seed=3, size=32, n_frames=8)
+    make_pairs(tmp_path, n_pairs=n_pairs, n_videos=n_pairs, seed=3, size=32, n_frames=8)
     rows = []
-    for i in range(2):
+    for i in range(n_pairs):
         prompt = [{"role": "user", "content": [{"type": "video", "text": None},
                                                {"type": "text", "text": ex.PROMPTS[i]}]}]
         rows.append({"prompt": prompt,
@@ -219,7 +219,8 @@ ZERO3_DEEPSPEED = {
 @pytest.mark.slow
 @pytest.mark.multiprocess_cpu
 def test_accelerate_zero3_two_processes_equal_one(folder, tmp_path):
-    """3 steps of the drop-in (image pairs, sigmoid, 2 pairs a step) as 1 plain process
+    """3 steps of the drop-in on image pairs, then 3 on video pairs (sigmoid, 2 pairs a step;
+    the 4 video rows: 2 steps of one epoch, then the second epoch's first) as 1 plain process
     (per-device batch 2, in this process) and as 2 ranks under ``accelerate launch`` +
     DeepSpeed ZeRO-3 (gloo, per-device batch 1, the model partitioned at load by zero.Init):
     every step's loss, reward margin, log-probs and gradient norm agree. Without
@@ -238,29 +239,32 @@ def test_accelerate_zero3_two_processes_equal_one(folder, tmp_path):
     acc["deepspeed_config"] = dict(acc["deepspeed_config"], deepspeed_config_file=str(ds))
     config_file = tmp_path / "deepspeed_zero3.yaml"
     config_file.write_text(yaml.safe_dump(acc))
+    rows = tmp_path / "video_rows.json"
+    rows.write_text(json.dumps(video_rows(tmp_path / "data", n_pairs=4)))
     worker = str(ROOT / "tests" / "trl_zero3_worker.py")
-    env = _env()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
            "--main_process_port", _free_port(), worker, str(folder), str(tmp_path / "two.json"),
-           "1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
+           "1", str(rows)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     # the 1-process run: the same worker in this process (plain Trainer, no DeepSpeed)
     spec = importlib.util.spec_from_file_location("trl_zero3_worker", worker)
     one_process = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(one_process)
-    one_process.main(str(folder), str(tmp_path / "one.json"), 2)
-    one = json.loads((tmp_path / "one.json").read_text())
-    two = json.loads((tmp_path / "two.json").read_text())
-    assert one["world"] == 1 and one["zero_stage"] == 0
-    assert two["world"] == 2 and two["zero_stage"] == 3
-    assert two["distributed_type"] == "DistributedType.DEEPSPEED"
-    assert two["partitioned"] > 0  # ZeRO-3 really holds the weights sharded
-    assert len(one["logs"]) == len(two["logs"]) == 3
-    for step, (a, b) in enumerate(zip(one["logs"], two["logs"])):
-        for name in ("loss", "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm",
-                     "num_tokens"):
-            assert math.isclose(a[name], b[name], rel_tol=1e-5, abs_tol=2e-5), \
-                (step, name, a[name], b[name])
-    assert one["logs"][-1]["rewards/margins"] != 0
+    one_process.main(str(folder), str(tmp_path / "one.json"), 2, str(rows))
+    one_runs = json.loads((tmp_path / "one.json").read_text())
+    two_runs = json.loads((tmp_path / "two.json").read_text())
+    for kind in ("image", "video"):
+        one, two = one_runs[kind], two_runs[kind]
+        assert one["world"] == 1 and one["zero_stage"] == 0
+        assert two["world"] == 2 and two["zero_stage"] == 3
+        assert two["distributed_type"] == "DistributedType.DEEPSPEED"
+        assert two["partitioned"] > 0  # ZeRO-3 really holds the weights sharded
+        assert len(one["logs"]) == len(two["logs"]) == 3
+        for step, (a, b) in enumerate(zip(one["logs"], two["logs"])):
+            for name in ("loss", "rewards/margins", "logps/chosen", "logps/rejected",
+                         "grad_norm", "num_tokens"):
+                assert math.isclose(a[name], b[name], rel_tol=1e-5, abs_tol=2e-5), \
+                    (kind, step, name, a[name], b[name])
+        assert one["logs"][-1]["rewards/margins"] != 0
