@@ -268,3 +268,38 @@ def test_accelerate_zero3_two_processes_equal_one(folder, tmp_path):
                 assert math.isclose(a[name], b[name], rel_tol=1e-5, abs_tol=2e-5), \
                     (kind, step, name, a[name], b[name])
         assert one["logs"][-1]["rewards/margins"] != 0
+
+
+def test_bad_video_rows_name_the_example(folder, tmp_path):
+    """A missing video file, a row with two videos and a micro-batch mixing image and video rows
+    stop with an error naming the example (and the file)."""
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    from tpo_fast.config import DataConfig
+    from tpo_fast.integrations.trl import (
+        PairCollator,
+        UnsupportedConfigError,
+        VideoPairs,
+    )
+    from tpo_fast.models import adapter_for
+
+    adapter = adapter_for(Qwen2VLForConditionalGeneration.from_pretrained(folder))
+    video = VideoPairs(adapter, AutoTokenizer.from_pretrained(folder),
+                       DataConfig(frames=4, video_backend="pyav"))
+    collate = PairCollator(ex.image_processor_only(folder), video=video)
+    rows = video_rows(tmp_path)
+    good = collate(rows)["pairs"]
+    assert good.kind == "video" and len(good.prompt_ids) == 2
+    assert good.prompt_ids[0].count(adapter.video_token_id) == \
+        adapter.num_video_tokens(good.visuals[0])
+    missing = dict(rows[1], videos=[str(tmp_path / "nowhere.mp4")])
+    with pytest.raises(ValueError, match=r"example 1: .*nowhere\.mp4"):
+        collate([rows[0], missing])
+    two = dict(rows[0], videos=rows[0]["videos"] + rows[1]["videos"])
+    with pytest.raises(ValueError, match="example 0: .*2 videos"):
+        collate([two])
+    image_row = ex.image_preference_dataset(n_rows=1)[0]
+    with pytest.raises(UnsupportedConfigError, match="example 1 has no video"):
+        collate([rows[0], image_row])
+    with pytest.raises(UnsupportedConfigError, match="example 1 has a video"):
+        collate([image_row, rows[0]])

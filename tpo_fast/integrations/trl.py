@@ -192,15 +192,20 @@ class VideoPairs:
             record = parse_pair(trl_pair(example), where, self.root, self.cfg.frame_fps)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from e
+        from tpo_fast.video import VideoDecodeError
+
         frames = record.frames if record.frames is not None else self.cfg.frames
         frames = {"frame_indices": frames} if isinstance(frames, list) else {"num_frames": frames}
-        video, _ = load_video_inputs(record.video, self.model_config, settings=self.decode,
-                                     min_pixels=self.cfg.min_pixels,
-                                     max_pixels=self.cfg.max_pixels, **frames)
-        prompt = self.packer.prompt_ids(record.prompt, video,
-                                        system=record.system or self.cfg.system_prompt)
-        return (prompt, self.packer.response_ids(record.chosen),
-                self.packer.response_ids(record.rejected), video)
+        try:
+            video, _ = load_video_inputs(record.video, self.model_config, settings=self.decode,
+                                         min_pixels=self.cfg.min_pixels,
+                                         max_pixels=self.cfg.max_pixels, **frames)
+            prompt = self.packer.prompt_ids(record.prompt, video,
+                                            system=record.system or self.cfg.system_prompt)
+            return (prompt, self.packer.response_ids(record.chosen),
+                    self.packer.response_ids(record.rejected), video)
+        except (ValueError, OSError, VideoDecodeError) as e:
+            raise ValueError(f"{where}: {e}") from e
 
 
 def _is_video_row(example: dict) -> bool:
