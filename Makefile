@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml setup.py constraints/cpu.txt $(wildcard csrc/*)
 	touch $@
 
 demo: $(STAMP)
-	$(VENV)/bin/tpo-fast demo
+	$(VENV)/bin/tpo-fast demo configs/demo.yaml
 
 # TPO_FAST_REQUIRE_ORACLES: an outside oracle that does not import fails its tests instead of
 # skipping them (tests/test_eval_protocol.py).

@@ -69,7 +69,7 @@ VERSIONS = (
     "import importlib, platform, sys\n"
     "print('python', platform.python_version(), sys.executable)\n"
     "for m in ('torch', 'triton', 'transformers', 'deepspeed', 'nvidia.dali', 'flash_attn',"
-    " 'liger_kernel', 'av'):\n"
+    " 'liger_kernel', 'av', 'torchcodec'):\n"
     "    try:\n"
     "        print(m, getattr(importlib.import_module(m), '__version__', '?'))\n"
     "    except Exception as exc:\n"

@@ -15,6 +15,21 @@ if [ -f .gpu/install-on-device ] && [ -d .whl ]; then
   . .gpu/install-on-device wheels || echo "gpu_suite: the wheel install failed; running without them"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# torchcodec (the "torchcodec" decoder; its wheel carried in .whl, README "GPU suite") loads
+# FFmpeg 4-8 by plain sonames (libavcodec.so.62 ...). Where the image has no FFmpeg, link the
+# FFmpeg 8 that the carried PyAV wheel bundles (av.libs/, hashed names) under those names.
+ff=/tmp/tpo_fast_cache/ffmpeg
+if ! ldconfig -p 2>/dev/null | grep -q 'libavcodec\.so\.' && [ -d /tmp/site/av.libs ]; then
+  mkdir -p "$ff"
+  for lib in avutil avcodec avformat avdevice avfilter swscale swresample; do
+    for f in /tmp/site/av.libs/lib$lib-*.so.*; do
+      [ -e "$f" ] || continue
+      major=$(basename "$f" | sed -E 's/.*\.so\.([0-9]+).*/\1/')
+      ln -sf "$f" "$ff/lib$lib.so.$major"
+    done
+  done
+  export LD_LIBRARY_PATH="$ff${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 # Triton's and Inductor's caches under /tmp: they survive between calls while the machine is warm
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/tpo_fast_cache/triton}
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/tpo_fast_cache/inductor}

@@ -14,7 +14,7 @@ the same hidden states, weight and targets:
 * ``fused_triton`` — ``preference_loss(impl="triton")`` (``num_pairs`` given, ``check_inputs``
   off: the trainer's no-sync path);
 * ``naive`` — full [N, V] logits, fp32 log_softmax, gather (what DPO trainers do);
-* ``chunked`` — the package's chunked torch reference, per-chunk steps through
+* ``chunked`` — the package's chunked torch path (``kernels/naive.py``), per-chunk steps through
   ``torch.compile`` on CUDA (eager in the smoke run);
 * ``liger`` — Liger-Kernel's ``LigerFusedLinearDPOLoss`` (``use_ref_model=False``,
   ``compute_nll_loss=True``, ``alpha`` = α, sum log-probs, its default chunking), fed the same
@@ -45,7 +45,12 @@ import torch
 if not torch.cuda.is_available():  # before triton is imported (the Triton path is lazy)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from tpo_fast.kernels import chunked_linear_logprobs, dpo_sft_loss, preference_loss  # noqa: E402
+from tpo_fast.kernels import (  # noqa: E402
+    LossSpec,
+    chunked_linear_logprobs,
+    dpo_sft_loss,
+    preference_loss,
+)
 
 from benchmarks.harness import (  # noqa: E402
     failure,
@@ -89,19 +94,18 @@ def liger_loss_fn(device: str):
 
 def variants(targets, seq_id, n_pairs, response_len, device):
     cuda = device == "cuda"
-    common = dict(ref_logps=None, beta=BETA, sft_weight=ALPHA, num_pairs=n_pairs,
-                  check_inputs=False)
+    spec = LossSpec(beta=BETA, sft_weight=ALPHA)
+    common = dict(num_pairs=n_pairs, check_inputs=False)
 
     def fused(h, w):
-        return preference_loss(h, w, targets, seq_id, impl="triton", **common)[0]
+        return preference_loss(h, w, targets, seq_id, None, spec, impl="triton", **common)[0]
 
     def naive(h, w):
-        return preference_loss(h, w, targets, seq_id, impl="naive", **common)[0]
+        return preference_loss(h, w, targets, seq_id, None, spec, impl="naive", **common)[0]
 
     def chunked(h, w):
         logps = chunked_linear_logprobs(h, w, targets, compiled=cuda)
-        return dpo_sft_loss(logps, seq_id, None, BETA, ALPHA, num_pairs=n_pairs,
-                            check_inputs=False)[0]
+        return dpo_sft_loss(logps, seq_id, None, spec, **common)[0]
 
     out = {"fused_triton": fused, "naive": naive, "chunked": chunked}
     liger, why = liger_loss_fn(device)

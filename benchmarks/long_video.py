@@ -129,8 +129,10 @@ def worker(args) -> None:
 
 def _measure(policy, batch, device, cuda: bool, RSSPeak):
     """(peak extra bytes, seconds, error or None) of one forward + backward."""
+    from tpo_fast.kernels import LossSpec
+
     def step():
-        loss, _ = policy(batch.to(device), loss=dict(beta=0.1, sft_weight=1.0))
+        loss, _ = policy(batch.to(device), loss=LossSpec(beta=0.1, sft_weight=1.0))
         loss.backward()
 
     try:

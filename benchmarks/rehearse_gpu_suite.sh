@@ -15,8 +15,9 @@
 #   --from-venv VENV (build it in seconds from VENV's python and packages: symlinks to the
 #   distributions gpu_image.txt names and their requirements, nothing else, the few that VENV
 #   lacks installed from the registry; VENV's versions, e.g. CPU torch 2.13 on Python 3.11),
-#   --whl DIR (the kit's wheels as ../shared/gpu/make-carry made them, for Python 3.12; default:
-#   built here for the environment's Python from make-carry's own lists, cached),
+#   --whl DIR (the kit's wheels as ../shared/gpu/make-carry made them, for Python 3.12, plus
+#   torchcodec's: README "GPU suite"; default: built here for the environment's Python from
+#   make-carry's own lists and torchcodec's pin, cached),
 #   --budget S (default 300), --out DIR (default: a temp folder; $OUT of the call).
 # Prints the suite's summary; exits with the suite's status (3: no kit, 4: no JSON written).
 set -euo pipefail
@@ -32,6 +33,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$python$from_venv" ] || { echo "give --python PY or --from-venv VENV"; exit 2; }
 kit=${GPU_KIT:-$root/../shared/gpu}
+TORCHCODEC=torchcodec==0.15.0  # its release notes: "compatible with torch >= 2.11" (the image: 2.11); 2.9 MiB
 [ -f "$kit/make-carry" ] && [ -f "$kit/install-on-device" ] || { echo "no kit at $kit"; exit 3; }
 cache=$root/.cache/rehearsal
 mkdir -p "$cache"
@@ -127,6 +129,13 @@ if [ -z "$whl" ]; then
     "${pip[@]}" download -q --no-deps --no-binary=:all: -d "$cache/sdist" "$ds" >> "$log" 2>&1
     DS_BUILD_OPS=0 "${pip[@]}" wheel -q --no-deps -w "$whl" "$cache/sdist/${ds/==/-}.tar.gz" >> "$log" 2>&1
     touch "$whl/.complete"
+  fi
+  # torchcodec's wheel, carried beside the kit's (README "GPU suite"; the image lacks it)
+  if ! ls "$whl"/torchcodec-*.whl > /dev/null 2>&1; then
+    "$env_dir/bin/python3" -m pip --version > /dev/null 2>&1 && pip=("$env_dir/bin/python3" -m pip) \
+      || pip=(python3 -m pip)
+    "${pip[@]}" download -q --no-deps --only-binary=:all: --python-version "$pyver" \
+      --implementation cp --platform manylinux_2_28_x86_64 -d "$whl" "$TORCHCODEC" >> "$log" 2>&1
   fi
 fi
 t_whl=$(date +%s)

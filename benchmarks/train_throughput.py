@@ -240,7 +240,8 @@ class Bench:
     """One policy, its optimizer and a frozen reference copy; every arm's step function."""
 
     def __init__(self, shape: dict, frames: int, device: str, dtype):
-        from tpo_fast.config import LossConfig
+        from tpo_fast.kernels import LossSpec
+
         from tpo_fast.models import PreferenceModel
         from tpo_fast.train.objective import ReferenceScorer, TPOObjective
 
@@ -253,8 +254,8 @@ class Bench:
         self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         ref_policy = PreferenceModel(self.reference_model)
         self.reference_scorer = ReferenceScorer(ref_policy)
-        self.loss_cfg = LossConfig(beta=BETA, sft_weight=ALPHA)
-        self.objective = TPOObjective(self.policy, self.loss_cfg, "fast")
+        self.spec = LossSpec(beta=BETA, sft_weight=ALPHA)
+        self.objective = TPOObjective(self.policy, self.spec, "fast")
         self.trained = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trained, lr=LR, weight_decay=0.0)
         mix = shape.get("mix")
@@ -333,16 +334,17 @@ class Bench:
     def _loss_from_hidden(self, hidden, target_ids, seq_id, ref_logps, full_logits_at=None):
         from tpo_fast.kernels import dpo_sft_loss, preference_loss
 
-        common = dict(beta=BETA, sft_weight=ALPHA, num_pairs=self.n_pairs,
+        common = dict(num_pairs=self.n_pairs,
                       dpo_normalizer=float(self.n_pairs),
                       sft_normalizer=float(self.chosen_tokens),
                       check_inputs=not hidden.is_cuda)
         weight = self.policy.lm_head_weight()
         if full_logits_at is None:
-            return preference_loss(hidden, weight, target_ids, seq_id, ref_logps, **common)[0]
+            return preference_loss(hidden, weight, target_ids, seq_id, ref_logps, self.spec,
+                                   **common)[0]
         logps = (hidden @ weight.T).float().log_softmax(-1)  # every packed position
         token = logps.index_select(0, full_logits_at).gather(1, target_ids[:, None])[:, 0]
-        return dpo_sft_loss(token, seq_id, ref_logps, **common)[0]
+        return dpo_sft_loss(token, seq_id, ref_logps, self.spec, **common)[0]
 
     def step_no_fused_head(self):
         from tpo_fast.attention import PackedAttention

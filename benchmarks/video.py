@@ -5,7 +5,7 @@
     python -m benchmarks.video --gpu           # with CUDA: DALI GPU (NVDEC) vs PyAV, 16 threads,
                                                # decoding + preprocessing (unvalidated here)
 
-Test videos are synthetic (``tpo_fast.video.synthetic``: every frame shows its index over a
+Test videos are synthetic (``tpo_fast.synthetic.videos``: every frame shows its index over a
 moving texture) and written once with PyAV into ``--cache-dir``: H.264 (B-frames) in .mp4 and VP9
 (realtime, cpu-used 8) in .webm, a keyframe every 2 s. Plans: ``uniform(32)``, ``segment`` and
 ``complement`` of the 20-40 % window, ``incomplete`` of it, ``downsample(32, 2)``. Each measured
@@ -23,9 +23,16 @@ from pathlib import Path
 import torch
 
 from benchmarks.harness import timed, write_result
-from tpo_fast.video import FramePlan, decode, decode_many, preprocess_video, probe
+from tpo_fast.synthetic.videos import frame_number, write_index_video
+from tpo_fast.video import (
+    FramePlan,
+    available_decoders,
+    decode,
+    decode_many,
+    preprocess_video,
+    probe,
+)
 from tpo_fast.video.dali_backend import dali_available
-from tpo_fast.video.synthetic import frame_number, write_index_video
 
 FULL = dict(seconds=60, width=1280, height=720, fps=30, frames=32, reps=5)
 SMOKE = dict(seconds=2, width=160, height=96, fps=10, frames=8, reps=1)
@@ -83,8 +90,8 @@ def run_cpu(videos: dict, n: int, reps: int) -> dict:
 
 
 def run_gpu(videos: dict, n: int, reps: int, batch: int) -> dict:
-    """DALI GPU vs PyAV (16 threads), decoding + OneVision preprocessing (384 px) on the GPU.
-    Unvalidated on hardware."""
+    """DALI GPU vs PyAV (16 threads), decoding + OneVision preprocessing (384 px) on the GPU;
+    torchcodec's NVDEC decoding beside them when it loads. Unvalidated on hardware."""
     from types import SimpleNamespace
 
     cfg = SimpleNamespace(model_type="llava_onevision", vision_config=SimpleNamespace(
@@ -96,6 +103,10 @@ def run_gpu(videos: dict, n: int, reps: int, batch: int) -> dict:
         plans = make_plans(info, n)
         row = {"pyav16_decode": bench_decode(path, "pyav", plans, reps, threads=16),
                "dali_gpu_decode": bench_decode(path, "dali_gpu", plans, reps, device="cuda")}
+        why_not = available_decoders()["torchcodec"]
+        row["torchcodec_cuda_decode"] = (
+            bench_decode(path, "torchcodec", plans, reps, device="cuda") if why_not is None
+            else {"skipped": why_not})
         plan = plans["uniform"]
 
         def pyav_pair(plan=plan, info=info):  # as the data path: pinned uint8, non-blocking

@@ -1,4 +1,4 @@
-// See packing.h. The numpy reference (tpo_fast/packing/reference.py) follows the same steps.
+// See packing.h. The numpy oracle (tpo_fast/packing/naive.py) follows the same steps.
 #include "packing.h"
 
 #include <algorithm>

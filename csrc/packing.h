@@ -1,7 +1,7 @@
 // Packing planner and index builder for prefix-shared preference batches.
 //
-// Pure C++17, no Python or torch: bindings.cpp wraps these for numpy. The numpy reference in
-// tpo_fast/packing/reference.py implements the same specification line for line; the tests
+// Pure C++17, no Python or torch: bindings.cpp wraps these for numpy. The numpy oracle in
+// tpo_fast/packing/naive.py implements the same specification line for line; the tests
 // require identical output. Costs are integers so that both sides agree exactly.
 #pragma once
 

@@ -9,10 +9,11 @@ Three pieces, each a few lines, replace TRL's two-rows-per-pair forward:
   "ref_logps"]}`` into one ``PackedBatch`` per micro-batch: each pair's prompt (with the video's
   tokens) once, its two responses after it, the family's position ids
   (``tpo_fast.data.PairPacker.pack_examples``).
-* ``FastDPOTrainer.compute_loss`` runs the packed, prefix-shared forward
-  (``PreferenceModel.hidden_states``: vision tower once per video, no [tokens × vocab] logits)
-  and the fused LM head + log-prob + DPO/SFT loss (``tpo_fast.kernels.preference_loss``: Triton
-  on CUDA, chunked torch elsewhere), with any loss type or weighted mix of them.
+* ``FastDPOTrainer.compute_loss`` calls ``PreferenceModel.loss(batch, spec)`` — the same batch →
+  loss path as ``tpo-fast train``: the packed, prefix-shared forward (vision tower once per
+  video, no [tokens × vocab] logits) and the fused LM head + log-prob + DPO/SFT loss
+  (``tpo_fast.kernels.preference_loss``: Triton on CUDA, chunked torch elsewhere), with any
+  loss type or weighted mix of them (a ``tpo_fast.kernels.LossSpec``).
 * ``precompute_reference`` scores every pair once with the starting policy, so training needs
   no reference model in memory.
 
@@ -30,7 +31,7 @@ import argparse
 from collections import defaultdict
 
 import torch
-from tpo_fast.kernels import preference_loss
+from tpo_fast.kernels import LossSpec
 from transformers import Trainer, TrainingArguments
 
 from tpo_fast.data.packer import PairPacker
@@ -50,30 +51,18 @@ class PackedPairCollator:
         return {"batch": self.packer.pack_examples(examples)}
 
 
-def batch_loss(policy, batch: PackedBatch, *, hidden: torch.Tensor | None = None,
-               **loss_options) -> tuple[torch.Tensor, dict]:
-    """The DPO/SFT loss of one packed micro-batch (``loss_options``: ``preference_loss``'s
-    keywords: beta, sft_weight, loss_type, loss_weights, label_smoothing, ...)."""
-    if hidden is None:
-        hidden = policy.hidden_states(batch)
-    device = hidden.device
-    ref = None if batch.ref_logps is None else batch.ref_logps.to(device)
-    return preference_loss(hidden, policy.lm_head_weight(), batch.target_ids.to(device),
-                           batch.seq_id.to(device), ref, num_pairs=batch.n_pairs,
-                           **loss_options)
-
-
 class FastDPOTrainer(Trainer):
     """A ``Trainer`` whose model is a ``PreferenceModel`` and whose loss is the fused DPO/SFT
-    loss. ``loss_options``: passed to ``preference_loss`` (e.g. ``beta=0.2, sft_weight=1.0,
-    loss_type=["sigmoid", "bco_pair"], loss_weights=[0.8, 0.2]``). Logs the mean DPO loss,
-    NLL, rewards, margins and reward accuracy of the pairs seen since the last log."""
+    loss. ``spec``: a ``LossSpec`` (e.g. ``LossSpec(beta=0.2, sft_weight=1.0,
+    loss_type=["sigmoid", "bco_pair"], loss_weights=[0.8, 0.2])``; default ``LossSpec()``).
+    Logs the mean DPO loss, NLL, rewards, margins and reward accuracy of the pairs seen since
+    the last log."""
 
     loss_is_scaled_for_ga = False  # a per-micro-batch mean; the Trainer divides by GA steps
 
-    def __init__(self, *args, loss_options: dict | None = None, **kwargs):
+    def __init__(self, *args, spec: LossSpec | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.loss_options = dict(loss_options or {})
+        self.spec = LossSpec() if spec is None else spec
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
 
@@ -81,7 +70,7 @@ class FastDPOTrainer(Trainer):
         batch: PackedBatch = inputs["batch"]
         # the whole loss inside the (possibly DDP-wrapped) model's forward: the LM head is used
         # there, so DDP's gradient hooks see every parameter exactly once
-        loss, metrics = model(batch, loss=self.loss_options)
+        loss, metrics = model(batch, loss=self.spec)
         if model.training:
             self._record(metrics)
         return (loss, metrics) if return_outputs else loss
@@ -152,7 +141,7 @@ def build_tiny(family: str = "qwen2_vl", seed: int = 0):
 
 def make_trainer(policy: PreferenceModel, collator, train_examples: list[dict], *,
                  output_dir: str, steps: int, batch_size: int = 4, lr: float = 3e-3,
-                 **loss_options) -> FastDPOTrainer:
+                 spec: LossSpec | None = None) -> FastDPOTrainer:
     """A FastDPOTrainer with plain settings (constant lr, a log every step, no checkpoints)."""
     args = TrainingArguments(output_dir=output_dir, max_steps=steps,
                              per_device_train_batch_size=batch_size, learning_rate=lr,
@@ -160,7 +149,7 @@ def make_trainer(policy: PreferenceModel, collator, train_examples: list[dict], 
                              report_to=[], remove_unused_columns=False, seed=0,
                              use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
     return FastDPOTrainer(model=policy, args=args, train_dataset=train_examples,
-                          data_collator=collator, loss_options=loss_options)
+                          data_collator=collator, spec=spec)
 
 
 def main(argv=None) -> list[float]:
@@ -184,8 +173,8 @@ def main(argv=None) -> list[float]:
     loss_type = args.loss_type[0] if len(args.loss_type) == 1 else args.loss_type
     trainer = make_trainer(policy, collator, train, output_dir=args.output_dir,
                            steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           beta=args.beta, sft_weight=args.sft_weight, loss_type=loss_type,
-                           loss_weights=args.loss_weights)
+                           spec=LossSpec(beta=args.beta, sft_weight=args.sft_weight,
+                                         loss_type=loss_type, loss_weights=args.loss_weights))
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     print("loss per step:", " ".join(f"{x:.4f}" for x in losses))

@@ -1,22 +1,25 @@
 """tpo_fast.kernels: Triton kernels with their launchers, autograd Functions and plain-torch
-references. Self-contained: depends on torch and triton only (installed from the top-level
+paths (``naive.py``). Self-contained: depends on torch and triton only (installed from the top-level
 ``kernels/`` folder as ``tpo_fast.kernels``). triton is imported only when the Triton path is
-used (lazily), so the torch references work without it.
+used (lazily), so the torch paths work without it.
 
 The op: fused LM head + log-prob gather + DPO/SFT loss for packed preference pairs.
 
-* ``preference_loss(hidden, weight, target_ids, seq_id, ref_logps, beta, sft_weight,
-  loss_type, label_smoothing, *, num_pairs, dpo_normalizer, sft_normalizer, impl, ...)``
-  -> ``(loss, metrics)`` — Triton on CUDA tensors, the chunked torch reference otherwise
-  (``preference_loss.py``). ``loss_type``: one of ``LOSS_TYPES`` or a weighted list of them
-  (``loss_weights``); the per-pair formulas, ``NEEDS_REFERENCE`` and BCO's
-  ``RunningRewardMean`` are in ``pair_losses.py``.
-* ``dpo_sft_loss(token_logps, seq_id, ...)`` — the same loss on precomputed token log-probs.
+* ``preference_loss(hidden, weight, target_ids, seq_id, ref_logps, spec, *, num_pairs,
+  dpo_normalizer, sft_normalizer, impl, ...)`` -> ``(loss, metrics)`` — Triton on CUDA
+  tensors, the chunked torch path otherwise (``preference_loss.py``).
+* ``LossSpec(loss_type=..., loss_weights=..., beta=..., sft_weight=..., dpo_weight=...,
+  **hyperparameters)`` — what to optimise, one frozen object validated once; ``LOSSES`` — the
+  registry of loss types (per-pair formula, needs a reference, hyperparameters);
+  ``LOSS_TYPES`` and ``NEEDS_REFERENCE`` derive from it; BCO's ``RunningRewardMean``. All in
+  ``pair_losses.py``.
+* ``dpo_sft_loss(token_logps, seq_id, ref_logps, spec, ...)`` — the same loss on precomputed
+  token log-probs.
 * ``linear_logprobs(hidden, weight, target_ids, impl=...)`` — token log-probs only.
 * ``fused_linear_logprobs`` / ``FusedLinearLogProbs`` — the Triton path
   (``fused_logprobs.py``: kernels, launchers, autograd.Function, functional).
-* ``chunked_linear_logprobs`` / ``naive_linear_logprobs`` — the torch references
-  (``reference.py``; naive is for tests and benchmarks only).
+* ``chunked_linear_logprobs`` / ``naive_linear_logprobs`` — the torch paths
+  (``naive.py``; ``naive_linear_logprobs`` is for tests and benchmarks only).
 
 Environment variables (all of them, for this package):
 
@@ -29,14 +32,25 @@ Environment variables (all of them, for this package):
 
 from __future__ import annotations
 
-from .pair_losses import LOSS_TYPES, NEEDS_REFERENCE, RunningRewardMean, pair_losses
+from .naive import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
+from .pair_losses import (
+    HYPERPARAMETERS,
+    LOSS_TYPES,
+    LOSSES,
+    NEEDS_REFERENCE,
+    Hyperparameter,
+    LossSpec,
+    LossType,
+    RunningRewardMean,
+    pair_losses,
+)
 from .preference_loss import dpo_sft_loss, linear_logprobs, preference_loss
-from .reference import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
 
 _TRITON_EXPORTS = ("fused_linear_logprobs", "FusedLinearLogProbs", "linear_logprobs_fwd",
                    "linear_logprobs_bwd")
 
-__all__ = ["CHUNK_TOKENS", "LOSS_TYPES", "NEEDS_REFERENCE", "RunningRewardMean",
+__all__ = ["CHUNK_TOKENS", "HYPERPARAMETERS", "LOSSES", "LOSS_TYPES", "NEEDS_REFERENCE",
+           "Hyperparameter", "LossSpec", "LossType", "RunningRewardMean",
            "chunked_linear_logprobs", "dpo_sft_loss", "linear_logprobs", "naive_linear_logprobs",
            "pair_losses", "preference_loss", *_TRITON_EXPORTS]
 

@@ -1,4 +1,4 @@
-"""Input checks shared by the Triton path and the torch references (torch only)."""
+"""Input checks shared by the Triton path and the torch paths of naive.py (torch only)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ Layers (STYLE.md): ``_linear_logprobs_fwd_kernel`` / ``_linear_logprobs_dlogits_
 ``_grad_hidden_kernel`` / ``_grad_weight_kernel`` -> launchers ``linear_logprobs_fwd`` /
 ``linear_logprobs_bwd`` -> ``FusedLinearLogProbs`` (autograd.Function) -> ``fused_linear_logprobs``.
 The DPO/SFT loss on top of the token log-probs is plain torch on [2n]-sized tensors
-(``preference_loss.py``); the plain-torch references are in ``reference.py``.
+(``preference_loss.py``); the plain-torch paths are in ``naive.py``.
 
 Design
 ------

@@ -1,8 +1,8 @@
 """TPO / DPO loss on packed response tokens: fused LM head + log-prob gather + DPO/SFT loss.
 
-``preference_loss(hidden, weight, target_ids, seq_id, ref_logps, beta, sft_weight, ...)``
-computes token log-probs with the fused Triton kernels (CUDA tensors) or the chunked torch
-reference (otherwise), sums them per sequence, and applies the preference loss on the
+``preference_loss(hidden, weight, target_ids, seq_id, ref_logps, spec)`` computes token
+log-probs with the fused Triton kernels (CUDA tensors) or the chunked torch path
+(otherwise; ``naive.py``), sums them per sequence, and applies the preference loss on the
 [n, 2] sequence log-probs in torch (a few [2n]-sized ops). Sequence ``2i`` holds the chosen
 tokens of pair ``i`` and ``2i + 1`` its rejected tokens (DESIGN.md, PackedBatch), in any order
 and of any lengths; every pair needs at least one chosen and one rejected token.
@@ -10,8 +10,10 @@ and of any lengths; every pair needs at least one chosen and one rejected token.
     loss = dpo_weight · Σ_i DPO_i / dpo_normalizer
            + sft_weight · Σ_{chosen tokens} NLL / sft_normalizer
 
-(``dpo_weight`` defaults to 1; 0 with ``sft_weight > 0`` is plain SFT on the chosen responses,
-with the DPO metrics still reported.)
+``spec`` is a ``LossSpec`` (``pair_losses.py``): β, α = ``sft_weight``, ``dpo_weight``
+(default 1; 0 with ``sft_weight > 0`` is plain SFT on the chosen responses, with the DPO
+metrics still reported), the loss types, their weights and hyperparameters, validated once
+when it is made.
 
 With the default normalisers (n pairs in this call; chosen tokens in this call) this is TPO's
 ``mean_i DPO_i + α · token-mean NLL of the chosen responses``. Under gradient accumulation pass
@@ -19,7 +21,7 @@ the totals of the whole step as normalisers, so micro-batch losses add up to the
 
 DPO_i is a per-pair loss over the log-ratios c_i = π_c − π_ref,c and r_i = π_r − π_ref,r
 (π: summed log-probs; ``ref_logps=None`` means a reference-free loss, π_ref = 0):
-``loss_type`` is one of ``LOSS_TYPES`` (sigmoid, ipo, hinge, robust, exo_pair, nca_pair,
+``spec.loss_type`` is one of ``LOSS_TYPES`` (sigmoid, ipo, hinge, robust, exo_pair, nca_pair,
 bco_pair, sppo_hard, apo_zero, apo_down, discopop — TRL's formulas, written out in
 ``pair_losses.py``) or a list of them, mixed as Σ_k w_k · loss_k with ``loss_weights`` (TRL's
 ``loss_type=[...]``, ``loss_weights=[...]``). Notes: ``sigmoid`` with ``label_smoothing`` ε is
@@ -33,14 +35,12 @@ summed otherwise), TRL's convention.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from ._checks import FLOAT_DTYPES
 from ._checks import check_inputs as check
-from .pair_losses import RunningRewardMean, check_loss_args, loss_mix, pair_losses
-from .reference import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
+from .naive import CHUNK_TOKENS, chunked_linear_logprobs, naive_linear_logprobs
+from .pair_losses import LossSpec
 
 IMPLS = ("auto", "triton", "chunked", "naive")
 
@@ -52,7 +52,8 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target_ids: torc
     """Token log-probs ``log_softmax(hidden @ weight.T)[n, target_ids[n]]``, fp32 [N].
 
     impl: "auto" (Triton on CUDA tensors, else "chunked"), "triton", "chunked" (the torch
-    reference, ``chunk_tokens`` per chunk) or "naive" (full logits; tests and benchmarks only).
+    path of ``naive.py``, ``chunk_tokens`` per chunk) or "naive" (full logits; tests and
+    benchmarks only).
     skip_eps, configs: Triton path only (see ``fused_linear_logprobs``)."""
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")
@@ -101,17 +102,26 @@ def _check_pairs(seq_id: torch.Tensor, n_tokens: int, num_pairs: int | None,
     return num_pairs
 
 
+def _spec(spec: LossSpec | None) -> LossSpec:
+    if spec is None:
+        return LossSpec()
+    if not isinstance(spec, LossSpec):
+        raise TypeError(f"spec must be a LossSpec (e.g. LossSpec(beta=0.1, sft_weight=0.5)); "
+                        f"got {spec!r}")
+    return spec
+
+
 def dpo_sft_loss(token_logps: torch.Tensor, seq_id: torch.Tensor,
-                 ref_logps: torch.Tensor | None = None, beta: float = 0.1,
-                 sft_weight: float = 0.0, loss_type: str | Sequence[str] = "sigmoid",
-                 label_smoothing: float = 0.0, *, num_pairs: int | None = None,
+                 ref_logps: torch.Tensor | None = None, spec: LossSpec | None = None, *,
+                 num_pairs: int | None = None,
                  dpo_normalizer: float | torch.Tensor | None = None,
                  sft_normalizer: float | torch.Tensor | None = None,
-                 check_inputs: bool = True, dpo_weight: float = 1.0,
-                 loss_weights: Sequence[float] | None = None, discopop_tau: float = 0.05,
-                 bco_delta: float | torch.Tensor | RunningRewardMean | None = None
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                 check_inputs: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The preference loss on token log-probs [N] (differentiable); see the module docstring.
+
+    token_logps [N] (float); seq_id [N] int (2i chosen, 2i+1 rejected); ref_logps [n, 2] or
+    None; spec: a ``LossSpec`` (default ``LossSpec()``: sigmoid DPO, β = 0.1); num_pairs,
+    dpo_normalizer, sft_normalizer, check_inputs: as in ``preference_loss``.
 
     Returns ``(loss, metrics)``; metrics are detached, in token_logps' float dtype:
     ``policy_logps`` [n, 2] (summed; chosen, rejected), ``chosen_rewards`` [n],
@@ -120,21 +130,15 @@ def dpo_sft_loss(token_logps: torch.Tensor, seq_id: torch.Tensor,
     dpo_normalizer), ``nll_loss`` (Σ chosen-token NLL / sft_normalizer, before sft_weight),
     ``chosen_tokens``.
     """
-    types, weights = loss_mix(loss_type, loss_weights)
-    # dpo_weight = 0 (plain SFT) needs no reference whatever the type
-    check_loss_args(beta, types, label_smoothing, discopop_tau,
-                    ref_logps is not None or dpo_weight == 0, bco_delta)
+    spec = _spec(spec)
+    spec.check_reference(ref_logps is not None)
     if token_logps.dim() != 1:
         raise ValueError(f"token_logps must be [N]; got {tuple(token_logps.shape)}")
     n = _check_pairs(seq_id, token_logps.shape[0], num_pairs, ref_logps, check_inputs)
-    return _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, types, weights,
-                 label_smoothing, discopop_tau, bco_delta, dpo_normalizer, sft_normalizer,
-                 dpo_weight)
+    return _loss(token_logps, seq_id, ref_logps, n, spec, dpo_normalizer, sft_normalizer)
 
 
-def _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, types, weights,
-          label_smoothing, discopop_tau, bco_delta, dpo_normalizer, sft_normalizer,
-          dpo_weight=1.0):
+def _loss(token_logps, seq_id, ref_logps, n, spec, dpo_normalizer, sft_normalizer):
     dtype = token_logps.dtype
     seq_id = seq_id.long()
     seq_logps = token_logps.new_zeros(2 * n).index_add(0, seq_id, token_logps)
@@ -145,29 +149,18 @@ def _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, types, weights,
            else policy.new_zeros(n, 2))
     log_ratios = policy - ref  # [n, 2]: c, r
     # the rewards of the metrics, and BCO's running mean: β·log-ratio, IPO alone averaged
-    reward_ratios = log_ratios / lengths if types == ("ipo",) else log_ratios
-    rewards = beta * reward_ratios.detach()
-    delta = 0.0
-    if isinstance(bco_delta, RunningRewardMean):
-        delta = bco_delta.update(rewards.mean())
-    elif isinstance(bco_delta, torch.Tensor):
-        delta = bco_delta.detach().to(device=token_logps.device, dtype=dtype)
-    elif bco_delta is not None:
-        delta = float(bco_delta)  # a Python number: no host-to-device copy
-    dpo_sum = 0.0
-    for loss_type, w in zip(types, weights):
-        losses = pair_losses(loss_type, log_ratios[:, 0], log_ratios[:, 1], lengths, beta,
-                             label_smoothing, discopop_tau, delta)
-        dpo_sum = dpo_sum + (losses.sum() if w == 1.0 else w * losses.sum())
+    reward_ratios = log_ratios / lengths if spec.length_averaged else log_ratios
+    rewards = spec.beta * reward_ratios.detach()
+    dpo_sum = spec.dpo_sum(log_ratios, lengths, rewards)
     dpo_loss = dpo_sum / (n if dpo_normalizer is None else dpo_normalizer)
 
     chosen = (seq_id % 2 == 0).to(dtype)
     chosen_tokens = chosen.sum()
     nll_sum = -(token_logps * chosen).sum()
     nll_loss = nll_sum / (chosen_tokens if sft_normalizer is None else sft_normalizer)
-    loss = dpo_weight * dpo_loss if dpo_weight != 1.0 else dpo_loss
-    if sft_weight:
-        loss = loss + sft_weight * nll_loss
+    loss = spec.dpo_weight * dpo_loss if spec.dpo_weight != 1.0 else dpo_loss
+    if spec.sft_weight:
+        loss = loss + spec.sft_weight * nll_loss
 
     with torch.no_grad():
         metrics = {
@@ -185,16 +178,9 @@ def _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, types, weights,
 
 def preference_loss(hidden: torch.Tensor, weight: torch.Tensor, target_ids: torch.Tensor,
                     seq_id: torch.Tensor, ref_logps: torch.Tensor | None = None,
-                    beta: float = 0.1, sft_weight: float = 0.0,
-                    loss_type: str | Sequence[str] = "sigmoid",
-                    label_smoothing: float = 0.0, *, num_pairs: int | None = None,
+                    spec: LossSpec | None = None, *, num_pairs: int | None = None,
                     dpo_normalizer: float | torch.Tensor | None = None,
-                    sft_normalizer: float | torch.Tensor | None = None, impl: str = "auto",
-                    check_inputs: bool = True, skip_eps: float = 0.0,
-                    chunk_tokens: int = CHUNK_TOKENS, configs: dict | None = None,
-                    dpo_weight: float = 1.0, loss_weights: Sequence[float] | None = None,
-                    discopop_tau: float = 0.05,
-                    bco_delta: float | torch.Tensor | RunningRewardMean | None = None
+                    sft_normalizer: float | torch.Tensor | None = None, **logprob_options
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """TPO/DPO loss of packed response tokens, never materialising [N, V] logits (except with
     ``impl="naive"``).
@@ -202,31 +188,25 @@ def preference_loss(hidden: torch.Tensor, weight: torch.Tensor, target_ids: torc
     hidden [N, H] (bf16/fp16/fp32): the states that predict each response token; weight [V, H]
     (same dtype): the LM head; target_ids [N]; seq_id [N] (2i chosen, 2i+1 rejected);
     ref_logps [n, 2] fp32 summed reference log-probs (chosen, rejected) or None
-    (reference-free). beta, sft_weight (α), loss_type (one of ``LOSS_TYPES`` or a list of
-    them), loss_weights (one per listed type; default 1 each), label_smoothing (sigmoid: cDPO;
-    robust; exo_pair), discopop_tau, bco_delta: see the module docstring and
-    ``pair_losses.py``.
+    (reference-free). spec: a ``LossSpec`` (β, sft_weight α, dpo_weight, loss types, their
+    weights and hyperparameters; default ``LossSpec()``: sigmoid DPO, β = 0.1).
     num_pairs: n, so the CUDA path need not sync to find it. dpo_normalizer / sft_normalizer:
     divide Σ DPO_i and Σ chosen-token NLL (defaults: n; this call's chosen tokens).
-    impl: "auto" | "triton" | "chunked" | "naive" (see ``linear_logprobs``).
-    check_inputs: validate id ranges and non-empty sequences (host syncs on CUDA); shapes and
-    dtypes are always checked. NaN/inf in hidden, weight or ref_logps is not checked: it
-    propagates to the loss, metrics and gradients.
+    logprob_options: ``linear_logprobs``' keywords — impl ("auto" | "triton" | "chunked" |
+    "naive"), check_inputs (validate id ranges and non-empty sequences: host syncs on CUDA;
+    shapes and dtypes are always checked), skip_eps, chunk_tokens, configs. NaN/inf in
+    hidden, weight or ref_logps is not checked: it propagates to the loss, metrics and
+    gradients.
 
     Returns (loss: 0-dim fp32, metrics: see ``dpo_sft_loss``). grad_hidden comes back in
     hidden's dtype, grad_weight in weight's dtype.
     """
-    types, weights = loss_mix(loss_type, loss_weights)  # fail before the expensive part
-    # dpo_weight = 0 (plain SFT) needs no reference whatever the type
-    check_loss_args(beta, types, label_smoothing, discopop_tau,
-                    ref_logps is not None or dpo_weight == 0, bco_delta)
+    spec = _spec(spec)  # fail before the expensive part
+    spec.check_reference(ref_logps is not None)
     if seq_id.shape != target_ids.shape:
         raise ValueError(f"seq_id {tuple(seq_id.shape)} and target_ids "
                          f"{tuple(target_ids.shape)} must both be [N]")
-    n = _check_pairs(seq_id, target_ids.shape[0], num_pairs, ref_logps, check_inputs)
-    token_logps = linear_logprobs(hidden, weight, target_ids, impl=impl,
-                                  check_inputs=check_inputs, skip_eps=skip_eps,
-                                  chunk_tokens=chunk_tokens, configs=configs)
-    return _loss(token_logps, seq_id, ref_logps, n, beta, sft_weight, types, weights,
-                 label_smoothing, discopop_tau, bco_delta, dpo_normalizer, sft_normalizer,
-                 dpo_weight)
+    n = _check_pairs(seq_id, target_ids.shape[0], num_pairs, ref_logps,
+                     logprob_options.get("check_inputs", True))
+    token_logps = linear_logprobs(hidden, weight, target_ids, **logprob_options)
+    return _loss(token_logps, seq_id, ref_logps, n, spec, dpo_normalizer, sft_normalizer)

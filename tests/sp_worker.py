@@ -48,6 +48,7 @@ def main(family: str, out: str):
 
 def compare(policy, sp, tokenizer, n_pairs, seed):
     from test_models_packed import make_pairs
+    from tpo_fast.kernels import LossSpec
 
     from tpo_fast.data.packer import PairPacker
 
@@ -59,7 +60,7 @@ def compare(policy, sp, tokenizer, n_pairs, seed):
     gen = torch.Generator().manual_seed(seed)
     batch = type(batch)(**{**batch.__dict__, "ref_logps": -20 * torch.rand(batch.n_pairs, 2,
                                                                             generator=gen)})
-    loss_kwargs = dict(beta=0.1, sft_weight=0.5)
+    spec = LossSpec(beta=0.1, sft_weight=0.5)
 
     seen = []  # rows (frames, patches) into the vision tower
     hook = policy.adapter.vision_tower().register_forward_pre_hook(
@@ -68,7 +69,7 @@ def compare(policy, sp, tokenizer, n_pairs, seed):
     def run():
         seen.clear()
         policy.zero_grad(set_to_none=True)
-        loss, metrics = policy(batch, loss=loss_kwargs)
+        loss, metrics = policy(batch, loss=spec)
         loss.backward()
         grads = {n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
                  for n, p in policy.named_parameters() if p.requires_grad}

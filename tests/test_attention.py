@@ -1,4 +1,4 @@
-"""Prefix-shared attention backends against the per-segment reference and unpacked rows."""
+"""Prefix-shared attention backends against the per-segment naive attention and unpacked rows."""
 
 import pytest
 import torch
@@ -11,7 +11,7 @@ from tpo_fast.attention import (
     available_backends,
     register,
 )
-from tpo_fast.attention.reference import prefix_shared_attention_reference
+from tpo_fast.attention.naive import naive_prefix_shared_attention
 from tpo_fast.models.tiny import tiny_model, tiny_tokenizer
 from tpo_fast.packing import build_indices
 
@@ -27,14 +27,14 @@ def random_qkv(T, hq, hkv, d=8, dtype=torch.float32, device="cpu", seed=0):
 
 @pytest.mark.parametrize("p, c, r", CASES)
 @pytest.mark.parametrize("hq, hkv", [(4, 4), (4, 2), (6, 1)])
-def test_sdpa_backend_equals_reference(p, c, r, hq, hkv):
+def test_sdpa_backend_equals_naive(p, c, r, hq, hkv):
     ix = build_indices(p, c, r)
     packed = PackedAttention.from_batch(ix, backend="sdpa")
     q, k, v = random_qkv(ix.num_tokens, hq, hkv, seed=hq + hkv)
     exact = [t.detach().double().requires_grad_() for t in (q, k, v)]
     out = packed.attend(q, k, v, scale=0.3)
-    ref = prefix_shared_attention_reference(packed, q, k, v, scale=0.3)
-    truth = prefix_shared_attention_reference(packed, *exact, scale=0.3)
+    ref = naive_prefix_shared_attention(packed, q, k, v, scale=0.3)
+    truth = naive_prefix_shared_attention(packed, *exact, scale=0.3)
     assert_within_reference_error(out, ref, truth, msg="output")
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), g)
@@ -121,7 +121,7 @@ def test_packed_call_rejects_sliding_window_and_batches():
     assert out.shape == (1, 8, 4, 8) and weights is None
 
 
-# ---- GPU: every available backend in bf16 against the float32 reference --------------------
+# ---- GPU: every available backend in bf16 against the float32 naive attention --------------------
 
 def _gpu_backends():
     return available_backends("cuda") if torch.cuda.is_available() else []
@@ -131,18 +131,18 @@ def _gpu_backends():
 @pytest.mark.parametrize("backend", ["sdpa", "flex", "torch_varlen", "flash_attn"])
 @pytest.mark.parametrize("p, c, r", [([1], [1], [1]), ([1025, 97, 300], [63, 1, 256],
                                                           [1, 97, 256])])
-def test_cuda_backend_matches_reference(backend, p, c, r):
+def test_cuda_backend_matches_naive(backend, p, c, r):
     if backend not in _gpu_backends():
         pytest.skip(f"{backend} not installed")
     ix = build_indices(p, c, r)
     packed = PackedAttention.from_batch(ix, backend=backend, device="cuda")
     q, k, v = random_qkv(ix.num_tokens, 8, 2, d=64, dtype=torch.bfloat16, device="cuda")
-    truth = prefix_shared_attention_reference(packed, q, k, v)
+    truth = naive_prefix_shared_attention(packed, q, k, v)
     out = packed.attend(q, k, v).float()
     g = torch.randn_like(truth)
     grads = torch.autograd.grad(out, (q, k, v), g)
     true_grads = torch.autograd.grad(truth, (q, k, v), g)
-    # The bf16 dense reference's own error is the yardstick.
+    # The bf16 dense naive attention's own error is the yardstick.
     dense = PackedAttention.from_batch(ix, backend="sdpa", device="cuda").attend(q, k, v).float()
     dense_grads = torch.autograd.grad(dense, (q, k, v), g)
     assert (out - truth).abs().max() <= 2 * (dense - truth).abs().max() + 1e-3

@@ -22,7 +22,7 @@ import torch
 
 from tpo_fast.attention import PackedAttention, backends
 from tpo_fast.attention.block_mask import BLOCK_SIZE, bucketed_length
-from tpo_fast.attention.reference import prefix_shared_attention_reference
+from tpo_fast.attention.naive import naive_prefix_shared_attention
 from tpo_fast.packing import build_indices
 
 
@@ -65,7 +65,7 @@ def test_flex_compiles_at_most_twice_over_ten_micro_batches():
         q, k, v = _qkv(ix)
         out = backends.flex_bucketed(flex, packed, q, k[ix.kv_index], v[ix.kv_index], 0.25)
         torch.testing.assert_close(
-            out, prefix_shared_attention_reference(packed, q, k, v, scale=0.25),
+            out, naive_prefix_shared_attention(packed, q, k, v, scale=0.25),
             rtol=1e-5, atol=1e-5)
         lengths.add((ix.num_tokens, ix.num_keys))
     assert len(lengths) == 10  # ten different (T, Σk)
@@ -122,7 +122,7 @@ def test_torch_varlen_on_torch_2_11s_signature(monkeypatch):
         assert a["key"].shape[1] == a["query"].shape[1]  # no GQA without enable_gqa
         ident = PackedAttention(a["cu_seq_q"], a["cu_seq_k"], a["max_q"], a["max_k"],
                                 torch.arange(a["key"].shape[0]), "sdpa")
-        return prefix_shared_attention_reference(ident, a["query"], a["key"], a["value"],
+        return naive_prefix_shared_attention(ident, a["query"], a["key"], a["value"],
                                                  scale=a["scale"])
 
     fake.__signature__ = sig
@@ -136,7 +136,7 @@ def test_torch_varlen_on_torch_2_11s_signature(monkeypatch):
         out = backends._torch_varlen_attn(packed, q, k[ix.kv_index], v[ix.kv_index], 0.3, 0.0)
     finally:
         backends._torch_varlen.cache_clear()
-    torch.testing.assert_close(out, prefix_shared_attention_reference(packed, q, k, v,
+    torch.testing.assert_close(out, naive_prefix_shared_attention(packed, q, k, v,
                                                                       scale=0.3))
     (a,) = seen
     assert a["window_size"] == (-1, 0) and a["scale"] == 0.3

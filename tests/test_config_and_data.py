@@ -37,6 +37,37 @@ def test_bad_config_is_a_clear_error(override, message):
         load_config(None, BASE + [override])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("model.dtype=f16", r"model.dtype must be one of float32, bfloat16, float16, got 'f16'"),
+    ("optim.scheduler=cos", r"optim.scheduler must be one of cosine, linear, constant"),
+    ("run.path=medium", r"run.path must be one of fast, slow, got 'medium'"),
+    ("run.path=1", r"run.path must be one of fast, slow, got 1"),
+    ("data.format=xml", r"data.format must be one of auto, "),
+    ("data.frames=0", r"data.frames must be >= 1"),
+    ("deepspeed.tiled_mlp=-1", r"deepspeed.tiled_mlp must be >= 0"),
+    ("decode.workers=-1", r"decode.workers must be >= 0"),
+    ("decode.device=cuda:x", r"decode.device must be auto, cpu, cuda or cuda:N"),
+    ("data.video_threads=2", r"config key data.video_threads is now decode.threads"),
+])
+def test_literal_values_and_section_checks_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, BASE + [override])
+
+
+def test_checks_span_sections_and_python_built_configs():
+    """Cross-section checks sit on TrainConfig; a config built in Python (no loader) gets the
+    same Literal and section checks from validate()."""
+    with pytest.raises(ConfigError, match="sequence_parallel_size > 1 needs run.path=fast"):
+        load_config(None, BASE + ["deepspeed.sequence_parallel_size=2", "run.path=slow"])
+    cfg = load_config(None, BASE)
+    cfg.model.dtype = "half"
+    with pytest.raises(ConfigError, match="model.dtype must be one of"):
+        cfg.validate()
+    cfg.model.dtype, cfg.optim.warmup_ratio = "float32", 1.5
+    with pytest.raises(ConfigError, match=r"optim.warmup_ratio must be in \[0, 1\)"):
+        cfg.validate()
+
+
 def test_config_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
@@ -156,3 +187,18 @@ def test_lr_schedule():
     assert f(0) < f(5) < f(9) <= 1.0 and abs(f(10) - 1.0) < 1e-9 and f(99) < 0.01
     assert lr_lambda(10, 0.0, "constant")(7) == 1.0
     assert lr_lambda(10, 0.0, "linear")(5) == 0.5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("policy.kind=gpt", "policy.kind must be one of hf, annotation, got 'gpt'"),
+    ("judge.kind=claude", "judge.kind must be one of annotation, openai, hf, policy"),
+    ("captions.source=web", "captions.source must be one of auto, given, policy"),
+    ("query.dtype=fp8", "query.dtype must be one of float32, bfloat16, float16"),
+    ("decode.backend=opencv", "decode.backend must be one of auto, "),
+    ("policy.video_backend=pyav", "config key policy.video_backend is now decode.backend"),
+])
+def test_curate_config_uses_the_same_loader_and_checks(override, message):
+    from tpo_fast.curate.config import load_curate_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_curate_config(None, ["input.videos=x", "policy.kind=annotation", override])

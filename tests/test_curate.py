@@ -20,10 +20,10 @@ from tpo_fast.curate.filters import rule_reasons
 from tpo_fast.curate.llm import AnnotationLLM, LLMRequest, judge_from_events
 from tpo_fast.curate.manifest import Span, read_inputs
 from tpo_fast.curate.mix import mix_counts
-from tpo_fast.curate.pipeline import STAGES, Curator, InjectedCrash, run_curation
+from tpo_fast.curate.pipeline import STAGES, Curator, run_curation
 from tpo_fast.curate.store import StageWriter, iter_records, read_stage
-from tpo_fast.curate.synthetic import make_synthetic_videos
 from tpo_fast.curate.tasks import parse_judgement, parse_question
+from tpo_fast.synthetic.curate import make_synthetic_videos
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,7 @@ def test_pairs_come_from_the_right_frame_plans(tmp_path, videos, monkeypatch):
     out = tmp_path / "out"
     cfg = annotation_cfg(videos, out, "policy.kind=hf", "policy.tiny=llava_onevision",
                          "policy.dtype=float32", "policy.max_new_tokens=4",
-                         "policy.decode_workers=1", "responses.frames=8",
+                         "decode.workers=1", "responses.frames=8",
                          "responses.downsample_factor=3", "responses.incomplete_fraction=0.5",
                          "filter.rules=[]", "filter.judge=false", "captions.windows=2",
                          "segments.per_video=4", "queries.tasks_per_target=1",
@@ -311,20 +311,45 @@ def _final(out: Path) -> list[dict]:
     return sorted(read_jsonl(out / "pairs.jsonl"), key=lambda p: p["id"])
 
 
-def test_injected_crashes_then_restart_give_the_same_pairs(tmp_path, videos):
+class InjectedCrash(RuntimeError):
+    """Raised by ``crash_after_batches`` to simulate a crash mid-run."""
+
+
+@pytest.fixture
+def crash_after_batches(monkeypatch):
+    """``arm(n)``: the pipeline raises ``InjectedCrash`` right after the records of its n-th batch
+    are written (what a kill between two batches leaves behind); ``arm(0)`` disarms."""
+    state = {"after": 0, "batches": 0}
+    append = StageWriter.append
+
+    def append_then_maybe_crash(self, records):
+        written = append(self, records)
+        state["batches"] += 1
+        if state["after"] and state["batches"] >= state["after"]:
+            raise InjectedCrash(f"injected crash after {state['batches']} batches")
+        return written
+
+    monkeypatch.setattr(StageWriter, "append", append_then_maybe_crash)
+    return lambda n: state.update(after=n, batches=0)
+
+
+def test_injected_crashes_then_restart_give_the_same_pairs(tmp_path, videos,
+                                                          crash_after_batches):
     ref_out = tmp_path / "ref"
     run_curation(annotation_cfg(videos, ref_out))
-    reference = _final(ref_out)
-    assert len(reference) >= 4
+    uninterrupted = _final(ref_out)
+    assert len(uninterrupted) >= 4
     out = tmp_path / "crashy"
     for after in (1, 2, 3, 5, 8):  # each run crashes partway, in a later stage each time
+        crash_after_batches(after)
         with pytest.raises(InjectedCrash):
-            Curator(annotation_cfg(videos, out), crash_after_batches=after).run()
+            Curator(annotation_cfg(videos, out)).run()
         assert not (out / "pairs.jsonl").exists()
     done = {stage: len(ids) for stage, ids in stage_ids(out).items()}
     assert done.get("responses", 0) > 0  # the crashes reached the later stages
+    crash_after_batches(0)
     run_curation(annotation_cfg(videos, out))
-    assert _final(out) == reference
+    assert _final(out) == uninterrupted
     for stage, ids in stage_ids(out).items():
         assert len(ids) == len(set(ids)), f"duplicate records in stage {stage}"
     assert set(stage_ids(out)) == set(STAGES)

@@ -14,8 +14,8 @@ import pytest
 from tpo_fast.curate.config import LLMConfig, load_curate_config
 from tpo_fast.curate.llm import LLMError, LLMRequest, OpenAIChatLLM
 from tpo_fast.curate.pipeline import run_curation
-from tpo_fast.curate.synthetic import make_synthetic_videos
 from tpo_fast.curate.tasks import JUDGE_SYSTEM, QUERY_SYSTEM
+from tpo_fast.synthetic.curate import make_synthetic_videos
 
 
 class ScriptedServer:

@@ -33,7 +33,7 @@ import pytest
 
 from tpo_fast.config import load_config
 from tpo_fast.data.pairs import PairFileError, read_pairs, read_pairs_config
-from tpo_fast.data.synthetic import make_pairs
+from tpo_fast.synthetic.pairs import make_pairs
 from tpo_fast.video import FrameVideo, decode, load_video_inputs, probe
 from tpo_fast.video.errors import VideoDecodeError
 

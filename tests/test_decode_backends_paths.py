@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tpo_fast.config import load_config
-from tpo_fast.data.synthetic import make_pairs
+from tpo_fast.synthetic.pairs import make_pairs
 from tpo_fast.video import FramePlan, decode_counts, probe, reset_decode_counts
 from tpo_fast.video.dali_backend import dali_available
 
@@ -69,7 +69,7 @@ def _counts_only(backend: str) -> None:
 
 def _train_cfg(pairs, tmp_path, backend, *extra):
     return load_config(TINY, [f"data.train={pairs}", f"run.output_dir={tmp_path}", *QUIET,
-                              f"data.video_backend={backend}", *extra])
+                              f"decode.backend={backend}", *extra])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -84,7 +84,7 @@ def test_train_dataset_decodes_with_the_configured_backend(vp9_pairs, tmp_path, 
     records, _ = read_pairs(Path(cfg.data.train), cfg.data.video_root, cfg.data.skip_invalid)
     tokenizer, model, _ = load_tokenizer_and_model(cfg, None, role="score")
     policy = PreferenceModel(model)
-    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data,
+    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data, cfg.decode,
                          device=policy.device)
     try:
         assert dataset.decode.backend == backend and dataset.decode.device == torch.device("cpu")
@@ -112,6 +112,7 @@ def test_ref_logps_decodes_with_the_configured_backend(vp9_pairs, tmp_path, back
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_curate_policy_decodes_with_the_configured_backend(vp9_pairs, backend):
+    from tpo_fast.config import DecodeConfig
     from tpo_fast.curate.config import PolicyConfig
     from tpo_fast.curate.policy import HFPolicy, PolicyRequest
     from tpo_fast.models.tiny import tiny_model, tiny_tokenizer
@@ -120,8 +121,8 @@ def test_curate_policy_decodes_with_the_configured_backend(vp9_pairs, backend):
     tok = tiny_tokenizer("qwen2_vl")
     model = tiny_model("qwen2_vl", tok)
     cfg = PolicyConfig(tiny="qwen2_vl", dtype="float32", device="cpu", batch_size=2,
-                       max_new_tokens=2, video_backend=backend)
-    policy = HFPolicy(model, tok, cfg, "tiny")
+                       max_new_tokens=2)
+    policy = HFPolicy(model, tok, cfg, "tiny", DecodeConfig(backend=backend))
     requests = []
     for i, v in enumerate(videos[:3]):
         info = probe(v)
@@ -136,6 +137,7 @@ def test_curate_policy_decodes_with_the_configured_backend(vp9_pairs, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_eval_decodes_with_the_configured_backend(vp9_pairs, backend):
+    from tpo_fast.config import DecodeConfig
     from tpo_fast.eval.records import MCQuestion
     from tpo_fast.eval.runner import evaluate
     from tpo_fast.models.tiny import tiny_model, tiny_tokenizer
@@ -146,16 +148,16 @@ def test_eval_decodes_with_the_configured_backend(vp9_pairs, backend):
     questions = [MCQuestion(f"q{i}", Path(v), "what colour ?", ["red", "blue"], i % 2, "t",
                             None, f"test:{i}") for i, v in enumerate(videos)]
     reset_decode_counts()
-    results = evaluate(model, tok, questions, frames=4, batch_size=2, video_backend=backend,
-                       progress=False)
+    results = evaluate(model, tok, questions, frames=4, batch_size=2,
+                       decode=DecodeConfig(backend=backend), progress=False)
     assert results["n_evaluated"] == len(videos) and results["decode_failures"] == 0
-    assert results["settings"]["video_backend"] == backend
+    assert results["settings"]["decode"]["backend"] == backend
     _counts_only(backend)
     assert decode_counts()[backend] == len(videos)
 
 
 def test_an_unreadable_file_for_dali_falls_back_to_pyav_in_the_dataset(vp9_pairs, tmp_path):
-    """data.video_backend=dali_cpu with an H.264 file (DALI's CPU decoder cannot read it): the
+    """decode.backend=dali_cpu with an H.264 file (DALI's CPU decoder cannot read it): the
     dataset decodes it with PyAV and counts the fallback."""
     if not dali_available():
         pytest.skip("nvidia-dali not installed")
@@ -173,7 +175,7 @@ def test_an_unreadable_file_for_dali_falls_back_to_pyav_in_the_dataset(vp9_pairs
     records, _ = read_pairs(mixed, None, False)
     tokenizer, model, _ = load_tokenizer_and_model(cfg, None, role="score")
     policy = PreferenceModel(model)
-    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data,
+    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data, cfg.decode,
                          device=policy.device)
     try:
         reset_decode_counts()
@@ -187,10 +189,48 @@ def test_an_unreadable_file_for_dali_falls_back_to_pyav_in_the_dataset(vp9_pairs
 def test_config_rejects_unknown_video_settings(vp9_pairs, tmp_path):
     from tpo_fast.config import ConfigError
 
-    with pytest.raises(ConfigError, match="data.video_backend"):
+    with pytest.raises(ConfigError, match="decode.backend must be one of auto, .*pyav"):
         _train_cfg(vp9_pairs, tmp_path, "opencv")
-    with pytest.raises(ConfigError, match="data.decode_device"):
-        _train_cfg(vp9_pairs, tmp_path, "auto", "data.decode_device=tpu")
+    with pytest.raises(ConfigError, match="decode.device must be auto, cpu, cuda or cuda:N"):
+        _train_cfg(vp9_pairs, tmp_path, "auto", "decode.device=tpu")
+
+
+@pytest.mark.parametrize("old, new", [
+    ("data.video_backend=pyav", "decode.backend"), ("data.decode_device=cpu", "decode.device"),
+    ("data.video_threads=2", "decode.threads"), ("data.decode_threads=2", "decode.workers")])
+def test_old_train_decode_keys_name_the_new_key(old, new):
+    from tpo_fast.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{old.split('=')[0]} is now {new}"):
+        load_config(TINY, [old])
+
+
+@pytest.mark.parametrize("old, new", [
+    ("policy.video_backend=pyav", "decode.backend"), ("policy.decode_device=cpu", "decode.device"),
+    ("policy.video_threads=2", "decode.threads"), ("policy.decode_workers=2", "decode.workers")])
+def test_old_curate_decode_keys_name_the_new_key(old, new):
+    from tpo_fast.config import ConfigError
+    from tpo_fast.curate.config import load_curate_config
+
+    with pytest.raises(ConfigError, match=f"{old.split('=')[0]} is now {new}"):
+        load_curate_config(None, ["input.videos=x", "policy.kind=annotation", old])
+
+
+def test_one_decode_section_for_train_curate_and_eval():
+    """The same DecodeConfig in all three; train's loader defaults to 4 workers, also when the
+    decode: section is given without them."""
+    from tpo_fast.config import DecodeConfig
+    from tpo_fast.curate.config import load_curate_config
+    from tpo_fast.eval.runner import EvalSettings
+
+    train = load_config(None, ["model.tiny=qwen2_vl", "data.train=x", "decode.threads=3"])
+    curate = load_curate_config(None, ["input.videos=x", "policy.kind=annotation",
+                                       "decode.backend=pyav", "decode.workers=0"])
+    assert train.decode == DecodeConfig(threads=3, workers=4)
+    assert curate.decode == DecodeConfig(backend="pyav", workers=0)
+    assert EvalSettings().decode == DecodeConfig()
+    with pytest.raises(ValueError, match="decode.backend must be one of"):
+        EvalSettings(decode=DecodeConfig(backend="opencv"))
 
 
 # ---- GPU: the default on CUDA is DALI on the model's own GPU --------------------------------
@@ -209,7 +249,7 @@ def test_train_dataset_on_cuda_decodes_with_dali_on_the_models_gpu(vp9_pairs, tm
     records, _ = read_pairs(Path(cfg.data.train), None, False)
     tokenizer, model, _ = load_tokenizer_and_model(cfg, None, role="score")
     policy = PreferenceModel(model.to(device))
-    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data,
+    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data, cfg.decode,
                          device=policy.device)
     try:
         assert dataset.decode.device == device
@@ -232,8 +272,8 @@ def test_dali_gpu_frames_are_pyavs_frames(tmp_path, codec):
     """Same frames (the index each frame shows) and pixels within twice the colour-conversion
     difference measured between DALI's CPU decoder and PyAV on these VP9 videos (CPU,
     2026-12: mean 0.53-0.89 levels, 99th percentile 1-2, max 2)."""
+    from tpo_fast.synthetic.videos import frame_number, write_index_video
     from tpo_fast.video import decode
-    from tpo_fast.video.synthetic import frame_number, write_index_video
 
     path = write_index_video(tmp_path / f"i.{'mp4' if codec == 'h264' else 'webm'}", 40,
                              codec=codec, gop=8, texture=True)
@@ -252,8 +292,8 @@ def test_dali_gpu_frames_are_pyavs_frames(tmp_path, codec):
 def test_pyav_frames_reach_the_gpu_as_uint8_and_are_normalised_there(tmp_path, monkeypatch):
     """backend=pyav with a CUDA device: the uint8 frames are pinned and copied (not the float
     pixels), preprocessing runs on the GPU, and the result equals the CPU path's."""
+    from tpo_fast.synthetic.videos import write_index_video
     from tpo_fast.video import decoders, load_video_inputs
-    from tpo_fast.video.synthetic import write_index_video
 
     path = write_index_video(tmp_path / "v.mp4", 24, codec="h264", gop=8, texture=True)
     cfg = type("Cfg", (), {"model_type": "llava_onevision",

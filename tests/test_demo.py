@@ -197,3 +197,77 @@ def test_rejected_names_first():
                       "comprehensive": {"n": 1, "share": 0.0}}
     with pytest.raises(KeyError, match="first-colour"):
         rejected_names_first([pair("video_00009.mp4", "A. red", "localized")], questions)
+
+
+def test_demo_config_file_and_overrides(tmp_path):
+    """configs/demo.yaml goes through the package's YAML + key=value loader: its first line is
+    the command that runs it, it holds the defaults (so `tpo-fast demo` runs the same recipe),
+    overrides are typed, and a bad key or value is one clear error."""
+    from pathlib import Path
+
+    from tpo_fast.demo import QUICK, DemoConfig, demo_config, parse_demo_args
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    assert path.read_text().splitlines()[0] == "# tpo-fast demo [configs/demo.yaml] key=value ..."
+    assert demo_config(path) == DemoConfig()
+    cfg = demo_config(path, ["seed=100", "beta=1", "judge=true", "out=runs/x"])
+    assert (cfg.seed, cfg.beta, cfg.judge, cfg.out) == (100, 1.0, True, "runs/x")
+    assert isinstance(cfg.beta, float)
+    with pytest.raises(ValueError, match="did you mean tpo_lr"):
+        demo_config(path, ["tpo_lrr=0.1"])
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        demo_config(path, ["seed=zero"])
+    with pytest.raises(ValueError, match="comprehensive_asks must be one of"):
+        demo_config(None, ["comprehensive_asks=all"])
+    # flags and --quick sit between the file and the overrides
+    cfg, stage = parse_demo_args([str(path), "--quick", "--seed", "5", "--no-progress",
+                                  "--stage", "curate", "tpo_epochs=3"])
+    assert stage == "curate" and cfg.seed == 5 and not cfg.progress
+    assert cfg.train_videos == QUICK["train_videos"] and cfg.tpo_epochs == 3
+    assert main(["demo", str(path), "no_such_key=1"]) == 2
+
+
+def test_demo_pins_torch_threads(tmp_path, monkeypatch):
+    """Every stage runs with torch pinned to ``threads`` intra-op threads; the caller's count
+    comes back afterwards (also when a stage fails)."""
+    import torch
+
+    import tpo_fast.demo as demo
+
+    seen = []
+    monkeypatch.setattr(demo, "_run_stages", lambda s, stage: seen.append(
+        torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    target = 2 if before == 1 else 1
+    demo.run_demo(demo.DemoConfig(out=str(tmp_path), threads=target))
+    assert seen == [target] and torch.get_num_threads() == before
+
+    def fail(s, stage):
+        raise ValueError("stage failed")
+
+    monkeypatch.setattr(demo, "_run_stages", fail)
+    with pytest.raises(ValueError, match="stage failed"):
+        demo.run_demo(demo.DemoConfig(out=str(tmp_path), threads=target))
+    assert torch.get_num_threads() == before
+
+
+def test_questions_backend_maps_comprehensive_tasks(tmp_path):
+    """With ``comprehensive_asks=both`` the curation asks every video two task types; the
+    backend answers each with its own comprehensive question (first / last)."""
+    from tpo_fast.demo import COMPREHENSIVE_BY_TASK
+    from tpo_fast.synthetic.search import generate_search_split
+
+    split = generate_search_split(tmp_path, 2, seed=3)
+    backend = SyntheticQuestions(split["manifest"], split["qa"], by_task=COMPREHENSIVE_BY_TASK)
+    entry = json.loads(split["manifest"].read_text().splitlines()[1])
+    whole = {q["task_type"]: q["mc_prompt"] for q in map(json.loads, split["qa"].read_text()
+             .splitlines()) if q["video"] == entry["video"] and q["span"] is None}
+    ctx = {"purpose": "query", "events": entry["events"], "kind": "comprehensive",
+           "t0": 0.0, "t1": 12.0}
+    for seed in (0, 1):  # the task decides, not the seed
+        assert backend._one(ctx | {"task": "temporal"}, seed) == whole["comprehensive/first"]
+        assert backend._one(ctx | {"task": "summarisation"}, seed) == whole["comprehensive/last"]
+    # without the mapping the query's seed picks one of the two
+    plain = SyntheticQuestions(split["manifest"], split["qa"])
+    assert {plain._one(ctx | {"task": "temporal"}, seed) for seed in (0, 1)} == set(
+        whole.values())

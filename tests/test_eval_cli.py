@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from tpo_fast.data.synthetic import write_video
 from tpo_fast.eval.cli import main
+from tpo_fast.synthetic.videos import write_video
 
 
 @pytest.fixture
@@ -132,3 +132,51 @@ def test_cli_lmms_eval_protocol(tmp_path, capsys, monkeypatch):
                  "--lmms-eval-version", "0.3", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "protocol: lmms-eval 0.3 task mlvu " in printed and "no questions here" not in printed
+
+
+# ---- the config: YAML + key=value, the flags as sugar ------------------------------------------
+
+def test_eval_config_from_yaml_overrides_and_flags(tmp_path):
+    from tpo_fast.config import DecodeConfig
+    from tpo_fast.eval.cli import config_from_args
+
+    cfg_file = tmp_path / "eval.yaml"
+    cfg_file.write_text("format: videomme\nannotations: videomme/test.parquet\n"
+                        "model: /models/LongVA-7B\nframes: 128\nmethod: generate\n"
+                        "lmms_eval_version: '0.3'\ndecode: {backend: pyav, workers: 4}\n")
+    cfg = config_from_args([str(cfg_file), "frames=64", "decode.threads=3", "--subtitles",
+                            "--video-threads", "5", "--system", "You are: careful."])
+    assert (cfg.format, cfg.frames, cfg.method, cfg.subtitles) == ("videomme", 64, "generate",
+                                                                    True)
+    assert cfg.lmms_eval_version == "0.3" and cfg.system == "You are: careful."
+    assert cfg.decode == DecodeConfig(backend="pyav", threads=5, workers=4)  # the flag wins
+    flags = config_from_args(["--format", "synthetic", "--annotations", "q.jsonl", "--tiny",
+                              "qwen2_vl", "--decode-workers", "0", "--no-progress"])
+    assert flags.decode.workers == 0 and flags.progress is False and flags.tiny == "qwen2_vl"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["method=fast"], "method must be one of loglik, generate, both, got 'fast'"),
+    (["frame=8"], "unknown config key frame; did you mean frames?"),
+    (["model=/m"], "set exactly one of model or tiny"),
+    (["video_backend=pyav"], "config key video_backend is now decode.backend"),
+    (["--video-backend", "opencv"], "decode.backend must be one of auto, "),
+    (["lmms_eval_version=0.3"], "lmms_eval_version must be a string, got the number 0.3"),
+    (["dtype=half"], "dtype must be one of float32, bfloat16, float16, got 'half'"),
+])
+def test_eval_config_errors_name_the_key(argv, message, capsys):
+    base = ["format=synthetic", "annotations=q.jsonl", "tiny=qwen2_vl"]
+    assert main([*base, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_runs_from_a_yaml_config(synthetic_set, tmp_path, capsys):
+    cfg_file = tmp_path / "eval.yaml"
+    cfg_file.write_text(f"format: synthetic\nannotations: {synthetic_set}\ntiny: qwen2_vl\n"
+                        "frames: 4\nbatch_size: 2\nprogress: false\n"
+                        "decode: {backend: pyav, workers: 0}\n")
+    out = tmp_path / "r.json"
+    assert main([str(cfg_file), "limit=2", f"out={out}"]) == 0
+    assert "2 of 2 questions evaluated" in capsys.readouterr().out
+    results = json.loads(out.read_text())
+    assert results["settings"]["frames"] == 4 and results["settings"]["decode"]["workers"] == 0

@@ -193,8 +193,8 @@ def test_videomme_answers_and_score_equal_lmms_eval(videomme):
 
 def test_videomme_subtitle_prompt_equals_lmms_eval(tmp_path, monkeypatch):
     cv2 = pytest.importorskip("cv2")
-    from tpo_fast.data.synthetic import write_video
     from tpo_fast.eval.runner import EvalSettings, prompt_text
+    from tpo_fast.synthetic.videos import write_video
     from tpo_fast.video import probe
 
     root = tmp_path / "videomme"
@@ -480,7 +480,7 @@ def test_frame_sampling_equals_lmms_eval_longva(tmp_path):
     """LongVA's (and LLaVA-Video's, run as ``--model longva``) ``load_video``: decord frames
     at ``np.linspace(0, n - 1, k, dtype=int)``; ours: the same indices through our decoder."""
     oracle("lmms_eval.models.simple.longva")  # importable here (the stub), run in a subprocess
-    from tpo_fast.data.synthetic import write_video
+    from tpo_fast.synthetic.videos import write_video
     from tpo_fast.video import decode, probe
 
     frames = np.zeros((61, 32, 64, 3), dtype=np.uint8)  # decord wants width % 32 == 0

@@ -13,7 +13,8 @@ import torch
 
 import tpo_fast.curate.generation as generation
 import tpo_fast.eval.runner as runner
-from tpo_fast.data.synthetic import write_video
+from tpo_fast.config import DecodeConfig
+from tpo_fast.synthetic.videos import write_video
 from tpo_fast.eval import MCQuestion, evaluate, extract_choice, format_table
 from tpo_fast.eval.records import LETTERS
 from tpo_fast.eval.scoring import (
@@ -26,6 +27,7 @@ from tpo_fast.eval.scoring import (
 )
 from tpo_fast.models import PreferenceModel, adapter_for
 from tpo_fast.models.tiny import tiny_model, tiny_tokenizer
+from tpo_fast.synthetic.videos import write_video
 from tpo_fast.video import load_video_inputs
 
 QIDS = ["kilo", "lima", "mike", "nova", "oscar", "papa", "romeo"]  # one tokenizer word each
@@ -197,7 +199,7 @@ def test_evaluate_both_end_to_end(videos, family):
     model = tiny_model(family, tokenizer, seed=2)
     questions = [question(i, paths[i % 3], n_options=3 + i % 2, answer=i % 3) for i in range(5)]
     results = evaluate(model, tokenizer, questions, method="both", frames=4, batch_size=2,
-                       max_new_tokens=4, decode_workers=0, progress=False)
+                       max_new_tokens=4, decode=DecodeConfig(workers=0), progress=False)
     adapter = adapter_for(model)
     for q, row in zip(questions, results["predictions"]):
         video, _ = load_video_inputs(q.video, model.config, num_frames=4)

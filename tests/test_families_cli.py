@@ -19,10 +19,10 @@ import pytest
 
 from tpo_fast.cli import main
 from tpo_fast.data.pairs import read_pairs
-from tpo_fast.data.synthetic import make_pairs
 from tpo_fast.models import supported_families
 from tpo_fast.models.registry import FAMILIES
 from tpo_fast.models.tiny_folders import PROCESSOR_TEMPLATE_FAMILIES, save_tiny_model
+from tpo_fast.synthetic.pairs import make_pairs
 from tpo_fast.train.metrics import read_metrics
 
 logging.getLogger("transformers").setLevel(logging.ERROR)

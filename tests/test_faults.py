@@ -22,8 +22,8 @@ from test_resume_world_size import _rank_pid
 from tpo_fast.cli import main
 from tpo_fast.config import load_config
 from tpo_fast.curate.store import iter_records
-from tpo_fast.curate.synthetic import make_synthetic_videos
-from tpo_fast.data.synthetic import make_pairs
+from tpo_fast.synthetic.curate import make_synthetic_videos
+from tpo_fast.synthetic.pairs import make_pairs
 from tpo_fast.train.loop import Trainer, TrainingError
 from tpo_fast.train.metrics import read_metrics
 

@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from tpo_fast.attention import PackedAttention, backends
-from tpo_fast.attention.reference import prefix_shared_attention_reference
+from tpo_fast.attention.naive import naive_prefix_shared_attention
 from tpo_fast.packing import build_indices
 
 SIGNATURES = Path(__file__).with_name("flash_signatures.json")
@@ -95,7 +95,7 @@ def _fake_module(interface: str, calls: list) -> types.ModuleType:
 
 
 def _attend_gathered(packed, q, k, v, scale):
-    return prefix_shared_attention_reference(packed, q, k, v, scale=scale)
+    return naive_prefix_shared_attention(packed, q, k, v, scale=scale)
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_flash_call_binds_to_the_real_signature(interface, fake_flash):
     q = torch.randn(ix.num_tokens, 4, 8, generator=g)
     k, v = (torch.randn(ix.num_tokens, 2, 8, generator=g) for _ in range(2))
     out = backends._flash_attn(packed, q, k[ix.kv_index], v[ix.kv_index], 0.3, 0.0)
-    expected = prefix_shared_attention_reference(packed, q, k, v, scale=0.3)
+    expected = naive_prefix_shared_attention(packed, q, k, v, scale=0.3)
     torch.testing.assert_close(out, expected)
     (a,) = calls
     assert a["cu_seqlens_q"] is packed.cu_seqlens_q and a["cu_seqlens_k"] is packed.cu_seqlens_k
@@ -224,7 +224,7 @@ def test_torch_varlen_call_binds_to_this_torchs_signature(monkeypatch):
         seen.append(a)
         ident = PackedAttention(a["cu_seq_q"], a["cu_seq_k"], a["max_q"], a["max_k"],
                                 torch.arange(a["key"].shape[0]), "sdpa")
-        return prefix_shared_attention_reference(ident, a["query"], a["key"], a["value"],
+        return naive_prefix_shared_attention(ident, a["query"], a["key"], a["value"],
                                                  scale=a["scale"])
 
     fake.__signature__ = sig
@@ -239,7 +239,7 @@ def test_torch_varlen_call_binds_to_this_torchs_signature(monkeypatch):
         out = backends._torch_varlen_attn(packed, q, k[ix.kv_index], v[ix.kv_index], 0.3, 0.0)
     finally:
         backends._torch_varlen.cache_clear()
-    torch.testing.assert_close(out, prefix_shared_attention_reference(packed, q, k, v,
+    torch.testing.assert_close(out, naive_prefix_shared_attention(packed, q, k, v,
                                                                       scale=0.3))
     (a,) = seen
     causal = a.get("window_size") == (-1, 0) or a.get("is_causal") is True

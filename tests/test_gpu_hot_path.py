@@ -1,11 +1,11 @@
 """GPU checks of the hot path (skipped without CUDA):
 
 * every installed flash-attn interface (FA2, FA3, FA4), called the way backends.py calls it,
-  equals the float32 reference as closely as bf16 sdpa does, values and gradients;
+  equals the float32 naive attention as closely as bf16 sdpa does, values and gradients;
 * no host sync under ``torch.cuda.set_sync_debug_mode("error")``: the packed attention of
   every backend with the loss and backward, and a whole micro-step (vision tower, packed
   forward, fused loss, backward) of a tiny model;
-* FlexAttention with the segment-built block mask equals the reference at a long-ish length.
+* FlexAttention with the segment-built block mask equals the naive attention at a long-ish length.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from tpo_fast.attention import PackedAttention, available_backends
 from tpo_fast.attention.backends import FLASH_INTERFACES, load_flash_varlen
-from tpo_fast.attention.reference import prefix_shared_attention_reference
+from tpo_fast.attention.naive import naive_prefix_shared_attention
 from tpo_fast.packing import build_indices
 
 pytestmark = pytest.mark.gpu
@@ -33,8 +33,8 @@ def _qkv(T, hq=8, hkv=2, d=64, seed=0):
     return make(hq), make(hkv), make(hkv)
 
 
-def _errors_vs_reference(packed, dense, q, k, v):
-    truth = prefix_shared_attention_reference(packed, q, k, v)
+def _errors_vs_naive(packed, dense, q, k, v):
+    truth = naive_prefix_shared_attention(packed, q, k, v)
     g = torch.randn_like(truth)
     true_grads = torch.autograd.grad(truth, (q, k, v), g)
     out = packed.attend(q, k, v).float()
@@ -50,7 +50,7 @@ def _errors_vs_reference(packed, dense, q, k, v):
 
 @pytest.mark.parametrize("interface", [name for name, _ in FLASH_INTERFACES])
 @pytest.mark.parametrize("p, c, r", SHAPES)
-def test_each_flash_interface_equals_the_reference(interface, p, c, r):
+def test_each_flash_interface_equals_naive(interface, p, c, r):
     flash = load_flash_varlen(interface)
     if flash is None:
         pytest.skip(f"{interface} ({dict(FLASH_INTERFACES)[interface]}) is not installed")
@@ -58,18 +58,18 @@ def test_each_flash_interface_equals_the_reference(interface, p, c, r):
     packed = PackedAttention.from_batch(ix, backend="flash_attn", device="cuda")
     packed.flash = flash
     dense = PackedAttention.from_batch(ix, backend="sdpa", device="cuda")
-    errs, bounds = _errors_vs_reference(packed, dense, *_qkv(ix.num_tokens))
+    errs, bounds = _errors_vs_naive(packed, dense, *_qkv(ix.num_tokens))
     for e, b in zip(errs, bounds):
         assert e <= 2 * b + 1e-3, (interface, [float(x) for x in errs],
                                    [float(x) for x in bounds])
 
 
 @pytest.mark.parametrize("lens", [([3000, 40], [300, 1], [200, 500])])
-def test_flex_with_the_segment_block_mask_equals_the_reference(lens):
+def test_flex_with_the_segment_block_mask_equals_naive(lens):
     ix = build_indices(*lens)
     packed = PackedAttention.from_batch(ix, backend="flex", device="cuda")
     dense = PackedAttention.from_batch(ix, backend="sdpa", device="cuda")
-    errs, bounds = _errors_vs_reference(packed, dense, *_qkv(ix.num_tokens))
+    errs, bounds = _errors_vs_naive(packed, dense, *_qkv(ix.num_tokens))
     for e, b in zip(errs, bounds):
         assert e <= 2 * b + 1e-3, ([float(x) for x in errs], [float(x) for x in bounds])
 
@@ -96,7 +96,7 @@ def _pinned_on_cuda(ix, backend):
 def test_attention_and_loss_do_not_sync(backend):
     """Building PackedAttention from pinned host indices, the attention, the fused loss (with
     check_inputs=False, the hot path's setting) and the backward: no host sync."""
-    from tpo_fast.kernels import preference_loss
+    from tpo_fast.kernels import LossSpec, preference_loss
 
     if backend not in available_backends("cuda"):
         pytest.skip(f"{backend} not available")
@@ -114,8 +114,9 @@ def test_attention_and_loss_do_not_sync(backend):
         hidden = out.reshape(ix.num_tokens, -1).index_select(
             0, logit_index.to("cuda", non_blocking=True))
         loss, _ = preference_loss(hidden, weight, targets.to("cuda", non_blocking=True),
-                                  seq_id.to("cuda", non_blocking=True), None, beta=0.1,
-                                  sft_weight=0.5, num_pairs=n, check_inputs=False)
+                                  seq_id.to("cuda", non_blocking=True), None,
+                                  LossSpec(beta=0.1, sft_weight=0.5), num_pairs=n,
+                                  check_inputs=False)
         loss.backward()
         return loss
 
@@ -128,7 +129,7 @@ def test_attention_and_loss_do_not_sync(backend):
 def test_a_whole_micro_step_does_not_sync():
     """A tiny LLaVA-OneVision policy: pack on the host, pin, non-blocking copy, vision tower,
     packed forward, fused DPO+SFT loss, backward, all under sync_debug_mode("error")."""
-    from tpo_fast.kernels import preference_loss
+    from tpo_fast.kernels import LossSpec, preference_loss
 
     from tpo_fast.data.packer import PairPacker
     from tpo_fast.models import PreferenceModel
@@ -151,8 +152,9 @@ def test_a_whole_micro_step_does_not_sync():
         batch = batch.to(policy.device, non_blocking=True)
         hidden = policy.hidden_states(batch)
         loss, _ = preference_loss(hidden, policy.lm_head_weight(), batch.target_ids,
-                                  batch.seq_id, batch.ref_logps, beta=0.1, sft_weight=0.5,
-                                  num_pairs=batch.n_pairs, check_inputs=False)
+                                  batch.seq_id, batch.ref_logps,
+                                  LossSpec(beta=0.1, sft_weight=0.5), num_pairs=batch.n_pairs,
+                                  check_inputs=False)
         loss.backward()
         return loss
 

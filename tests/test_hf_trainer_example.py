@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tpo_fast.kernels import dpo_sft_loss, preference_loss
+from tpo_fast.kernels import LossSpec, dpo_sft_loss, preference_loss
 
 from tpo_fast.data import PairPacker
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY = "qwen2_vl"
-OPTIONS = dict(beta=0.5, sft_weight=0.3)
+OPTIONS = LossSpec(beta=0.5, sft_weight=0.3)
 
 
 def load_example():
@@ -71,38 +71,38 @@ def test_compute_loss_equals_the_direct_call_and_the_stock_rows(tmp_path):
         e["ref_logps"] = e["ref_logps"] + torch.tensor([0.4, -0.3]) * (j + 1)
 
     trainer = ex.make_trainer(policy, collator, train, output_dir=str(tmp_path), steps=1,
-                              **OPTIONS)
+                              spec=OPTIONS)
     inputs = collator(train)
     batch = inputs["batch"]
     loss, metrics = trainer.compute_loss(policy, inputs, return_outputs=True)
     direct, direct_metrics = preference_loss(policy.hidden_states(batch), policy.lm_head_weight(),
                                              batch.target_ids, batch.seq_id, batch.ref_logps,
-                                             num_pairs=3, **OPTIONS)
+                                             OPTIONS, num_pairs=3)
     assert torch.equal(loss, direct)
     for name, value in direct_metrics.items():
         assert torch.equal(metrics[name], value), name
     ref = torch.stack([e["ref_logps"] for e in train])
-    slow, _ = dpo_sft_loss(stock, seq_id, ref, **OPTIONS)
+    slow, _ = dpo_sft_loss(stock, seq_id, ref, OPTIONS)
     torch.testing.assert_close(metrics["policy_logps"], stock_seq, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss, slow, rtol=1e-5, atol=1e-6)
     assert abs(float(metrics["dpo_loss"]) - 0.6931) > 0.05
 
 
-def dataset_dpo_loss(policy, collator, examples, **options):
+def dataset_dpo_loss(policy, collator, examples, spec):
     with torch.no_grad():
-        return float(ex.batch_loss(policy, collator(examples)["batch"], **options)[1]["dpo_loss"])
+        return float(policy.loss(collator(examples)["batch"], spec)[1]["dpo_loss"])
 
 
 def test_trainer_steps_lower_the_loss(tmp_path):
     """Eight steps of a TRL-style weighted mix (MPO's sigmoid + bco_pair)."""
     policy, _, collator, examples = setup(n_pairs=8, seed=1)
     train = ex.precompute_reference(policy, examples, collator)
-    options = dict(beta=0.5, loss_type=["sigmoid", "bco_pair"], loss_weights=[0.8, 0.2])
-    before = dataset_dpo_loss(policy, collator, train, **options)
+    spec = LossSpec(beta=0.5, loss_type=["sigmoid", "bco_pair"], loss_weights=[0.8, 0.2])
+    before = dataset_dpo_loss(policy, collator, train, spec)
     trainer = ex.make_trainer(policy, collator, train, output_dir=str(tmp_path), steps=8,
-                              batch_size=4, lr=3e-3, **options)
+                              batch_size=4, lr=3e-3, spec=spec)
     trainer.train()
-    after = dataset_dpo_loss(policy.eval(), collator, train, **options)
+    after = dataset_dpo_loss(policy.eval(), collator, train, spec)
     logs = [log for log in trainer.state.log_history if "loss" in log]
     assert len(logs) == 8
     assert all("dpo/reward_accuracy" in log and "dpo/margins" in log for log in logs)

@@ -1,5 +1,5 @@
 """Token log-probs log_softmax(hidden @ weight.T)[n, t[n]] and their gradients: the fused Triton
-kernels (under TRITON_INTERPRET=1 on CPU) and the chunked torch reference, against a float64
+kernels (under TRITON_INTERPRET=1 on CPU) and the chunked torch path (naive.py), against a float64
 ground truth, with the error allowed at most twice the naive path's own error in the test dtype
 (plus a tiny epsilon for float32 rounding noise)."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TEST_DEVICE, on_test_device
-from tpo_fast.kernels import dpo_sft_loss, naive_linear_logprobs
+from tpo_fast.kernels import LossSpec, dpo_sft_loss, naive_linear_logprobs
 from tpo_fast.kernels import preference_loss as _preference_loss
 
 # impl="triton" runs on TPO_FAST_TEST_DEVICE; inputs and ground truths are built on the CPU
@@ -52,10 +52,14 @@ def ref_logps_near_policy(hidden, weight, targets, seq_id, n_pairs, seed):
     return (seq + noise).view(n_pairs, 2).float()
 
 
-def run(hidden, weight, targets, seq_id, **kwargs):
+SPEC_FIELDS = ("beta", "sft_weight", "dpo_weight", "loss_type", "label_smoothing")
+
+
+def run(hidden, weight, targets, seq_id, ref_logps=None, **kwargs):
     h = hidden.detach().clone().requires_grad_()
     w = weight.detach().clone().requires_grad_()
-    loss, metrics = preference_loss(h, w, targets, seq_id, **kwargs)
+    spec = LossSpec(**{k: kwargs.pop(k) for k in SPEC_FIELDS if k in kwargs})
+    loss, metrics = preference_loss(h, w, targets, seq_id, ref_logps, spec, **kwargs)
     loss.backward()
     return loss.detach(), metrics, h.grad, w.grad
 
@@ -154,7 +158,8 @@ def test_formulas(loss, with_ref):
     token = naive_linear_logprobs(hidden, weight, targets)
     loss_type, eps = LOSSES[loss]
     for norms in ({"dpo_normalizer": 10.0, "sft_normalizer": 123.0}, {}):
-        got, metrics = dpo_sft_loss(token, seq_id, ref, 0.3, ALPHA, loss_type, eps, **norms)
+        spec = LossSpec(beta=0.3, sft_weight=ALPHA, loss_type=loss_type, label_smoothing=eps)
+        got, metrics = dpo_sft_loss(token, seq_id, ref, spec, **norms)
         want = expected_loss(token, seq_id, n_pairs, ref, 0.3, ALPHA, loss_type, eps,
                              norms.get("dpo_normalizer"), norms.get("sft_normalizer"))
         assert abs(got.item() - want) < 1e-9 * (1 + abs(want))
@@ -197,14 +202,15 @@ def test_normalisers_make_micro_batches_add_up(impl):
 
 def test_num_pairs_reference_free_and_alpha_zero():
     hidden, weight, targets, seq_id = make_batch(40, 16, 257, 4, torch.float32, seed=4)
-    base = preference_loss(hidden, weight, targets, seq_id, None, 0.1, ALPHA, impl="triton")
-    given = preference_loss(hidden, weight, targets, seq_id, None, 0.1, ALPHA, num_pairs=4,
+    spec = LossSpec(beta=0.1, sft_weight=ALPHA)
+    base = preference_loss(hidden, weight, targets, seq_id, None, spec, impl="triton")
+    given = preference_loss(hidden, weight, targets, seq_id, None, spec, num_pairs=4,
                             impl="triton")
-    zeros = preference_loss(hidden, weight, targets, seq_id, torch.zeros(4, 2), 0.1, ALPHA,
+    zeros = preference_loss(hidden, weight, targets, seq_id, torch.zeros(4, 2), spec,
                             impl="triton")
     assert torch.equal(base[0], given[0]) and torch.equal(base[0], zeros[0])
-    no_sft, metrics = preference_loss(hidden, weight, targets, seq_id, None, 0.1, 0.0,
-                                      impl="triton")
+    no_sft, metrics = preference_loss(hidden, weight, targets, seq_id, None,
+                                      LossSpec(beta=0.1, sft_weight=0.0), impl="triton")
     assert torch.equal(no_sft, metrics["dpo_loss"])
     assert torch.allclose(base[0], no_sft + ALPHA * metrics["nll_loss"])
 
@@ -216,8 +222,8 @@ def test_dpo_weight_scales_only_the_dpo_term(impl):
     grads = {}
     for w in (0.0, 1.0, 2.5):
         h = hidden.clone().requires_grad_()
-        loss, m = preference_loss(h, weight, targets, seq_id, ref, 0.1, ALPHA, impl=impl,
-                                  dpo_weight=w)
+        loss, m = preference_loss(h, weight, targets, seq_id, ref,
+                                  LossSpec(beta=0.1, sft_weight=ALPHA, dpo_weight=w), impl=impl)
         torch.testing.assert_close(loss, w * m["dpo_loss"] + ALPHA * m["nll_loss"])
         loss.backward()
         grads[w] = h.grad
@@ -239,10 +245,11 @@ def test_one_pair_of_one_token_responses(dtype):
         assert_within_twice_naive(got[i], naive[i], truth[i], name)
 
 
-def test_auto_impl_on_cpu_is_the_chunked_reference():
+def test_auto_impl_on_cpu_is_the_chunked_path():
     hidden, weight, targets, seq_id = make_batch(40, 16, 257, 4, torch.float32, seed=4)
-    auto = _preference_loss(hidden, weight, targets, seq_id, None, 0.1, ALPHA)
-    chunked = _preference_loss(hidden, weight, targets, seq_id, None, 0.1, ALPHA, impl="chunked")
+    spec = LossSpec(beta=0.1, sft_weight=ALPHA)
+    auto = _preference_loss(hidden, weight, targets, seq_id, None, spec)
+    chunked = _preference_loss(hidden, weight, targets, seq_id, None, spec, impl="chunked")
     assert torch.equal(auto[0], chunked[0])
 
 
@@ -277,7 +284,8 @@ def test_bad_input(case, impl):
                 ref_logps=None, beta=0.1, sft_weight=ALPHA, impl=impl)
     args.update(bad)
     with pytest.raises(error, match=match):
-        preference_loss(**args)
+        spec = LossSpec(**{k: args.pop(k) for k in SPEC_FIELDS if k in args})
+        preference_loss(**args, spec=spec)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's NaN arithmetic
@@ -324,7 +332,8 @@ def test_weight_released_before_backward_is_a_clear_error(impl):
                                                                          torch.float32, seed=1))
     h = hidden.clone().requires_grad_()
     w = weight.clone().requires_grad_()
-    loss, _ = _preference_loss(h, w, targets, seq_id, None, 0.1, ALPHA, impl=impl)
+    loss, _ = _preference_loss(h, w, targets, seq_id, None,
+                               LossSpec(beta=0.1, sft_weight=ALPHA), impl=impl)
     w.data = torch.empty(0, device=device)  # what ZeRO-3's partitioning does to its data
     with pytest.raises(RuntimeError, match="released or partitioned"):
         loss.backward()
@@ -357,11 +366,12 @@ def test_gpu_path_does_not_sync_with_the_host():
         x.cuda() for x in make_batch(1000, 256, 32_000, 8, torch.bfloat16, seed=3))
     h = hidden.clone().requires_grad_()
     w = weight.clone().requires_grad_()
-    kwargs = dict(beta=0.1, sft_weight=ALPHA, num_pairs=8, check_inputs=False)
-    preference_loss(h, w, targets, seq_id, None, **kwargs)[0].backward()  # compile first
+    kwargs = dict(num_pairs=8, check_inputs=False)
+    spec = LossSpec(beta=0.1, sft_weight=ALPHA)
+    preference_loss(h, w, targets, seq_id, None, spec, **kwargs)[0].backward()  # compile first
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        preference_loss(h, w, targets, seq_id, None, **kwargs)[0].backward()
+        preference_loss(h, w, targets, seq_id, None, spec, **kwargs)[0].backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -437,7 +437,7 @@ def test_missing_tensor_is_named(checkpoint, tmp_path):
 def test_zero3_two_processes_live_reference_and_export(checkpoint, tmp_path):
     """2 optimizer steps on 2 gloo processes under ZeRO-3, the reference a second model loaded
     from the folder; the export is the LLaVA-NeXT layout again, and reloads."""
-    from tpo_fast.data.synthetic import make_pairs
+    from tpo_fast.synthetic.pairs import make_pairs
     from tpo_fast.train.metrics import read_metrics
 
     pairs = make_pairs(tmp_path / "pairs", n_pairs=16, n_videos=4, seed=2)

@@ -26,6 +26,7 @@ from conftest import on_test_device
 from tpo_fast.kernels import (
     LOSS_TYPES,
     NEEDS_REFERENCE,
+    LossSpec,
     RunningRewardMean,
     dpo_sft_loss,
     naive_linear_logprobs,
@@ -42,7 +43,9 @@ BETA, ALPHA, TAU = 0.3, 0.5, 0.05
 SMOOTHING = {"robust": 0.1, "exo_pair": 1e-3, "sigmoid_ls": 0.15}
 LIGER_TYPES = ("sigmoid", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
                "apo_zero", "apo_down", "discopop")
-CASES = (*LOSS_TYPES, "sigmoid_ls")  # sigmoid_ls: sigmoid with label smoothing (cDPO)
+# the types TRL has (dpop is checked against its own formula below)
+TRL_TYPES = tuple(t for t in LOSS_TYPES if t != "dpop")
+CASES = (*TRL_TYPES, "sigmoid_ls")  # sigmoid_ls: sigmoid with label smoothing (cDPO)
 IMPLS = ("triton", "chunked")
 
 
@@ -89,13 +92,14 @@ class Pairs:
         return x[self.row, self.col]
 
 
-def run_ours(p, impl, hidden=None, weight=None, **kwargs):
+def run_ours(p, impl, hidden=None, weight=None, ref_logps="pairs", **spec):
     h = (p.hidden if hidden is None else hidden).clone().requires_grad_()
     w = (p.weight if weight is None else weight).clone().requires_grad_()
-    kwargs = dict(dict(ref_logps=p.ref_logps, beta=BETA, sft_weight=ALPHA, discopop_tau=TAU),
-                  **kwargs)
+    ref_logps = p.ref_logps if isinstance(ref_logps, str) else ref_logps
+    spec = dict(dict(beta=BETA, sft_weight=ALPHA, discopop_tau=TAU), **spec)
     chunk = dict(chunk_tokens=16) if impl == "chunked" else {}  # several chunks, the last partial
-    loss, metrics = preference_loss(h, w, p.targets, p.seq_id, impl=impl, **chunk, **kwargs)
+    loss, metrics = preference_loss(h, w, p.targets, p.seq_id, ref_logps, LossSpec(**spec),
+                                    impl=impl, **chunk)
     loss.backward()
     return loss.detach(), metrics, h.grad, w.grad
 
@@ -227,8 +231,10 @@ def ours(case, impl):
 
 def test_loss_types_listed():
     assert set(LOSS_TYPES) == {"sigmoid", "ipo", "hinge", "robust", "bco_pair", "exo_pair",
-                               "nca_pair", "sppo_hard", "apo_zero", "apo_down", "discopop"}
-    assert NEEDS_REFERENCE == {"nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down"}
+                               "nca_pair", "sppo_hard", "apo_zero", "apo_down", "discopop",
+                               "dpop"}
+    assert NEEDS_REFERENCE == {"nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down",
+                               "dpop"}
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -298,7 +304,7 @@ def test_weighted_mix_matches_trl(impl):
 def test_one_pair_every_type_mixed_matches_trl(impl):
     """A packed batch of a single pair (a one-token chosen response), every type in one mix."""
     p = Pairs(n=1, seed=11)
-    types = list(LOSS_TYPES)
+    types = list(TRL_TYPES)
     weights = [1.0 - 0.15 * i for i in range(len(types))]  # some negative
     truth = run_trl(p, types, weights, torch.float64, label_smoothing=1e-3)
     ref32 = run_trl(p, types, weights, torch.float32, label_smoothing=1e-3)
@@ -406,13 +412,16 @@ BAD = [
 def test_bad_loss_arguments(case, fn):
     bad, match = BAD[case]
     p = pairs()
-    args = dict(ref_logps=p.ref_logps, beta=BETA)
+    args = dict(beta=BETA)
     args.update(bad)
+    ref = args.pop("ref_logps", p.ref_logps)
     with pytest.raises(ValueError, match=match):
         if fn == "preference_loss":
-            preference_loss(p.hidden, p.weight, p.targets, p.seq_id, impl="chunked", **args)
+            preference_loss(p.hidden, p.weight, p.targets, p.seq_id, ref, LossSpec(**args),
+                            impl="chunked")
         else:
-            dpo_sft_loss(naive_linear_logprobs(p.hidden, p.weight, p.targets), p.seq_id, **args)
+            dpo_sft_loss(naive_linear_logprobs(p.hidden, p.weight, p.targets), p.seq_id, ref,
+                         LossSpec(**args))
 
 
 def test_reference_free_types_still_work_and_zeros_are_explicit():
@@ -423,10 +432,12 @@ def test_reference_free_types_still_work_and_zeros_are_explicit():
     for t in LOSS_TYPES:
         eps = SMOOTHING.get(t, 0.0)
         ref = torch.zeros(p.n, 2) if t in NEEDS_REFERENCE else None
-        loss, _ = dpo_sft_loss(token, p.seq_id, ref, BETA, 0.0, t, eps)
+        loss, _ = dpo_sft_loss(token, p.seq_id, ref,
+                               LossSpec(beta=BETA, loss_type=t, label_smoothing=eps))
         assert torch.isfinite(loss), t
         # plain SFT (dpo_weight 0) needs no reference whatever the type
-        sft, metrics = dpo_sft_loss(token, p.seq_id, None, BETA, 1.0, t, eps, dpo_weight=0.0)
+        sft, metrics = dpo_sft_loss(token, p.seq_id, None, LossSpec(
+            beta=BETA, sft_weight=1.0, loss_type=t, label_smoothing=eps, dpo_weight=0.0))
         torch.testing.assert_close(sft, metrics["nll_loss"])
 
 
@@ -443,3 +454,135 @@ def test_discopop_stays_finite_where_trl_product_overflows():
     torch.testing.assert_close(ours_[1:], trl[1:])
     # far below: the logistic part −log σ(βh) ≈ −βh remains
     torch.testing.assert_close(ours_[0], -BETA * h[0].detach())
+
+
+def test_spec_is_one_frozen_validated_object():
+    """LossSpec: hyperparameters as keywords (defaults from LOSSES), read-only, validated when
+    made; an unknown hyperparameter names the nearest one."""
+    import dataclasses
+
+    from tpo_fast.kernels import LOSSES
+
+    spec = LossSpec(beta=BETA, loss_type=["sigmoid", "discopop"], label_smoothing=0.1)
+    assert spec.loss_type == ("sigmoid", "discopop") and spec.loss_weights == (1.0, 1.0)
+    assert dict(spec.hyperparameters) == {"discopop_tau": TAU, "label_smoothing": 0.1}
+    assert spec.label_smoothing == 0.1 and spec.bco_delta is None  # unused: its default
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.beta = 1.0
+    with pytest.raises(TypeError):
+        spec.hyperparameters["label_smoothing"] = 0.2
+    assert spec.replace(beta=0.5).beta == 0.5 and spec.replace(beta=0.5) != spec
+    assert spec.replace() == spec and hash(spec.replace()) == hash(spec)
+    with pytest.raises(ValueError, match="label_smoothing must lie"):
+        spec.replace(label_smoothing=0.7)
+    with pytest.raises(ValueError, match=r"unknown loss hyperparameter 'discopop_ta'; did you "
+                                         r"mean 'discopop_tau'\?"):
+        LossSpec(loss_type="discopop", discopop_ta=0.1)
+    with pytest.raises(ValueError, match="dpo_weight and sft_weight cannot both be 0"):
+        LossSpec(dpo_weight=0.0)
+    with pytest.raises(TypeError, match="spec must be a LossSpec"):
+        dpo_sft_loss(torch.zeros(2), torch.tensor([0, 1]), None, 0.1)
+    # the per-type facts are the registry's
+    assert set(NEEDS_REFERENCE) == {t for t, e in LOSSES.items() if e.needs_reference}
+    assert tuple(LOSSES) == LOSS_TYPES
+
+
+def test_config_keys_come_from_the_registry():
+    """Every hyperparameter of LOSSES is a ``loss.<name>`` config key with the registry's
+    default; LossConfig.spec() is the LossSpec; bad values are ConfigErrors naming the key."""
+    from tpo_fast.kernels import HYPERPARAMETERS
+
+    from tpo_fast.config import ConfigError, LossConfig, load_config
+
+    base = ["model.tiny=qwen2_vl", "data.train=pairs.jsonl"]
+    assert all(getattr(LossConfig(), name) == hp.default
+               for name, hp in HYPERPARAMETERS.items())
+    cfg = load_config(None, base + ["loss.loss_type=discopop", "loss.discopop_tau=0.2",
+                                    "loss.beta=0.3", "loss.sft_weight=0.5"])
+    assert cfg.loss.spec() == LossSpec(loss_type="discopop", beta=0.3, sft_weight=0.5,
+                                       discopop_tau=0.2)
+    bco = load_config(None, base + ["loss.loss_type=bco_pair", "loss.bco_delta=0.25"])
+    assert bco.loss.spec().bco_delta == 0.25
+    from tpo_fast.train.reference import reference_kind
+
+    anchored = load_config(None, base + ["loss.loss_type=nca_pair", "loss.reference=none"])
+    with pytest.raises(ConfigError, match="loss.reference=none but loss_type 'nca_pair' needs"):
+        reference_kind(anchored, has_ref_logps=True)
+    assert reference_kind(bco, has_ref_logps=True) == "precomputed"
+    for override, message in (
+            ("loss.discopop_ta=1", r"unknown config key loss.discopop_ta; did you mean "
+                                   r"loss.discopop_tau\?"),
+            ("loss.label_smoothing=0.6", r"loss: label_smoothing must lie in \[0, 0.5\)"),
+            ("loss.discopop_tau=0.1", r"loss: discopop_tau is used by loss_type 'discopop'"),
+            ("loss.beta=0", r"loss: beta must be > 0"),
+            ("loss.reference=live", r"loss.reference must be precomputed, model, none or auto")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, base + [override])
+
+
+# ---- DPO-Positive: a loss type added through the registry alone ------------------------------
+# DPOP (Pal et al. 2024, "Smaug: Fixing Failure Modes of Preference Optimisation with
+# DPO-Positive", arXiv 2402.13228, eq. 3):
+#   L = −log σ(β·(c − r − λ·max(0, log π_ref(y_c) − log π(y_c)))),  c, r the summed log-ratios.
+# Confirmed against PaddlePaddle/PaddleNLP paddlenlp/trl/dpo_criterion.py (commit 214cbf33,
+# ``loss_type == "dpop"``: ``-log_sigmoid(beta * (logits - dpop_lambda * clip(ref_chosen -
+# policy_chosen, min=0)))``); λ = 50 is the paper's and PaddleNLP's default.
+
+def naive_dpop(p, lam, dtype):
+    """The formula above over full logits of the padded rows, in ``dtype``; (loss, grad of the
+    packed hidden, grad of the weight), + α·SFT as run_ours adds it."""
+    rows = p.padded(p.hidden).to(dtype, copy=True).requires_grad_()
+    weight = p.weight.to(dtype, copy=True).requires_grad_()
+    labels = p.padded(p.targets, fill=-100)
+    mask = labels != -100
+    logps = (rows @ weight.t()).log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    policy_chosen, policy_rejected = (logps * mask).sum(-1).chunk(2)
+    ref_chosen, ref_rejected = p.ref_logps.to(dtype).unbind(1)
+    penalty = torch.clamp(ref_chosen - policy_chosen, min=0)
+    logits = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected) - lam * penalty
+    loss = -F.logsigmoid(BETA * logits).mean()
+    chosen_logits = (rows[:p.n] @ weight.t())[mask[:p.n]]
+    loss = loss + ALPHA * F.cross_entropy(chosen_logits, labels[:p.n][mask[:p.n]])
+    loss.backward()
+    return loss.detach(), p.packed(rows.grad), weight.grad
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_dpop_matches_its_formula(impl):
+    p = pairs()
+    c = (ours("sigmoid", "chunked")[1]["policy_logps"][:, 0] - p.ref_logps[:, 0])
+    assert (c < 0).any() and (c > 0).any()  # the penalty is active for some pairs, not all
+    lam = 2.5
+    truth = naive_dpop(p, lam, torch.float64)
+    ref32 = naive_dpop(p, lam, torch.float32)
+    loss, _, grad_hidden, grad_weight = run_ours(p, impl, loss_type="dpop", dpop_lambda=lam)
+    scale = BETA * lam * p.ref_logps.abs().max().item() + truth[0].abs().item()
+    within_twice(loss, ref32[0], truth[0], "loss", scale)
+    within_twice(grad_hidden, ref32[1], truth[1], "grad_hidden")
+    within_twice(grad_weight, ref32[2], truth[2], "grad_weight")
+    # λ = 0 is sigmoid DPO; the penalty only adds where the chosen log-ratio is negative
+    torch.testing.assert_close(run_ours(p, "chunked", loss_type="dpop", dpop_lambda=0.0)[0],
+                               ours("sigmoid", "chunked")[0])
+    assert loss > ours("sigmoid", impl)[0]
+
+
+def test_dpop_gradient_and_settings():
+    """The per-pair gradient by finite differences (away from the kink c = 0); the default λ,
+    the reference it needs and its checks; settable from the YAML config."""
+    from tpo_fast.config import ConfigError, load_config
+
+    g = torch.Generator().manual_seed(3)
+    c = torch.tensor([-3.0, -0.7, 0.4, 2.0], dtype=torch.float64).requires_grad_()
+    r = (torch.randn(4, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda c, r: pair_losses("dpop", c, r, None, BETA,
+                                                             dpop_lambda=3.0), (c, r))
+    assert LossSpec(loss_type="dpop").dpop_lambda == 50.0 and "dpop" in NEEDS_REFERENCE
+    with pytest.raises(ValueError, match="dpop_lambda must be >= 0"):
+        LossSpec(loss_type="dpop", dpop_lambda=-1.0)
+    with pytest.raises(ValueError, match="loss_type 'dpop' needs ref_logps"):
+        dpo_sft_loss(torch.zeros(2), torch.tensor([0, 1]), None, LossSpec(loss_type="dpop"))
+    base = ["model.tiny=qwen2_vl", "data.train=pairs.jsonl"]
+    cfg = load_config(None, base + ["loss.loss_type=dpop", "loss.dpop_lambda=5"])
+    assert cfg.loss.spec() == LossSpec(loss_type="dpop", dpop_lambda=5.0)
+    with pytest.raises(ConfigError, match="loss: dpop_lambda is used by loss_type 'dpop'"):
+        load_config(None, base + ["loss.dpop_lambda=5"])

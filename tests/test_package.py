@@ -36,7 +36,7 @@ def test_missing_extension_falls_back_with_one_warning():
         "import sys, warnings\n"
         "sys.modules['tpo_fast._C'] = None  # as if the extension were not built\n"
         "from tpo_fast.packing import build_indices, native_available, plan_bins\n"
-        "from tpo_fast.packing import reference\n"
+        "from tpo_fast.packing import naive\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
         "    plan = plan_bins([5, 6, 7], [1, 1, 1], [1, 1, 1], 100, 2)\n"
@@ -52,7 +52,7 @@ def test_missing_extension_falls_back_with_one_warning():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "False 1 2"
-    assert "tpo_fast._C is not built; packing uses the numpy reference" in lines[1]
+    assert "tpo_fast._C is not built; packing uses the numpy oracle" in lines[1]
     assert lines[2].startswith("ImportError: tpo_fast._C is not built")
 
 

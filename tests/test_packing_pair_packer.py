@@ -120,10 +120,10 @@ def test_bad_batches_are_clear_errors():
 def test_dataset_bin_is_the_packer_on_its_tokens(tmp_path):
     """``TPODataset.batch`` (decode, tokenise, pack) equals pack_pairs on the adapter's own
     prompt/response ids of the decoded videos, with the ref_logps of the file."""
-    from tpo_fast.config import DataConfig
+    from tpo_fast.config import DataConfig, DecodeConfig
     from tpo_fast.data.dataset import TPODataset
     from tpo_fast.data.pairs import read_pairs
-    from tpo_fast.data.synthetic import write_video
+    from tpo_fast.synthetic.videos import write_video
 
     rng = np.random.default_rng(0)
     for v in range(2):
@@ -134,9 +134,9 @@ def test_dataset_bin_is_the_packer_on_its_tokens(tmp_path):
     records, _ = read_pairs(tmp_path / "pairs.jsonl")
     tok = tiny_tokenizer("llava_onevision")
     adapter = adapter_for(tiny_model("llava_onevision", tok))
-    cfg = DataConfig(frames=4, system_prompt="be brief .", decode_threads=1,
-                     video_backend="pyav")
-    dataset = TPODataset(records, PairPacker(adapter, tok), cfg, device="cpu")
+    cfg = DataConfig(frames=4, system_prompt="be brief .")
+    dataset = TPODataset(records, PairPacker(adapter, tok), cfg,
+                         DecodeConfig(backend="pyav", workers=1), device="cpu")
     try:
         ids = [2, 0]
         got = dataset.batch(ids, is_padding=False)

@@ -1,4 +1,4 @@
-"""plan_bins: native equals the numpy reference; the plan's invariants; bad input."""
+"""plan_bins: native equals the numpy oracle (naive.py); the plan's invariants; bad input."""
 
 import numpy as np
 import pytest
@@ -6,10 +6,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tpo_fast import _C
-from tpo_fast.packing import plan_bins, synthetic_lengths
+from tpo_fast.packing import plan_bins
+from tpo_fast.synthetic.packing import synthetic_lengths
 
 FIELDS = ("bin_offsets", "pair_index", "bin_tokens", "bin_cost", "bin_padding", "dropped")
-BACKENDS = ("native", "reference")
+BACKENDS = ("native", "naive")
 
 
 @st.composite
@@ -37,8 +38,8 @@ def _outcome(backend, case):
 
 
 @given(instances())
-def test_native_equals_reference(case):
-    assert _outcome("native", case) == _outcome("reference", case)
+def test_native_equals_naive(case):
+    assert _outcome("native", case) == _outcome("naive", case)
 
 
 def check_invariants(plan, case):

@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
-from tpo_fast.data.synthetic import make_pairs
 from tpo_fast.models.tiny_folders import save_tiny_model
+from tpo_fast.synthetic.pairs import make_pairs
 from tpo_fast.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent

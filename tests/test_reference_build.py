@@ -78,7 +78,7 @@ def test_live_reference_in_training_replays_the_tower(tmp_path):
     from pathlib import Path
 
     from tpo_fast.config import load_config
-    from tpo_fast.data.synthetic import make_pairs
+    from tpo_fast.synthetic.pairs import make_pairs
     from tpo_fast.train.loop import Trainer
 
     pairs = make_pairs(tmp_path / "pairs", n_pairs=12, n_videos=4)

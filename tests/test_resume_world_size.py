@@ -28,7 +28,7 @@ import pytest
 from test_real_paths import QUIET, TINY, _env, _free_port, tpo_fast
 
 from tpo_fast.config import load_config
-from tpo_fast.data.synthetic import make_pairs
+from tpo_fast.synthetic.pairs import make_pairs
 from tpo_fast.models.tiny_folders import save_tiny_model
 from tpo_fast.train.metrics import read_metrics
 from tpo_fast.train.position import (DataPosition, PlanKey, PositionError, carry, epoch_steps,

@@ -202,8 +202,8 @@ EQUAL = ["model.tiny=null", "optim.global_batch_size=48", "optim.epochs=3", "opt
 
 @pytest.fixture(scope="module")
 def sp_folders(tmp_path_factory):
-    from tpo_fast.data.synthetic import make_pairs
     from tpo_fast.models.tiny_folders import save_tiny_model
+    from tpo_fast.synthetic.pairs import make_pairs
 
     root = tmp_path_factory.mktemp("sp")
     return {"qwen2_vl": save_tiny_model("qwen2_vl", root / "qwen2_vl", hidden=64, frame_size=32),

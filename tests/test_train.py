@@ -17,7 +17,7 @@ import torch
 
 from tpo_fast.cli import main
 from tpo_fast.config import load_config
-from tpo_fast.data.synthetic import make_pairs
+from tpo_fast.synthetic.pairs import make_pairs
 from tpo_fast.train.loop import Trainer, TrainingError
 from tpo_fast.train.metrics import read_metrics
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from tpo_fast.synthetic.videos import frame_number, write_index_video
 from tpo_fast.video import FramePlan, VideoDecodeError, decode, decode_many, probe, pyav_backend
 from tpo_fast.video import decoders as decode_module
 from tpo_fast.video.dali_backend import dali_available, decode_dali
-from tpo_fast.video.synthetic import frame_number, write_index_video
 
 N, FPS, GOP = 40, 10.0, 8
 needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali not installed")
@@ -246,3 +246,177 @@ def test_dali_gpu_decodes_to_cuda(videos):
         frames = decode(videos[codec], [39, 3, 3], backend="auto", device="cuda")
         assert frames.is_cuda and numbers(frames.cpu()) == [39, 3, 3]
     assert decode_module.choose_backend(probe(videos["h264"]), "cuda") == "dali_gpu"
+
+
+# -- the registry --------------------------------------------------------------------------------
+
+@pytest.fixture
+def registered(monkeypatch):
+    """Register decoders for one test; the registry is restored afterwards."""
+    monkeypatch.setattr(decode_module, "DECODERS", dict(decode_module.DECODERS))
+    return decode_module.register
+
+
+def test_a_decoder_added_through_the_registry_alone_is_used_everywhere(videos, registered):
+    """One entry: ``decode``, ``decode_many``, the decode: config section and DecodeSettings
+    accept it; its frames are what its function returns (here: PyAV's, reversed then
+    reversed back, so a wrong index order would show)."""
+    from tpo_fast.config import load_config
+    from tpo_fast.video import DecodeSettings
+
+    calls = []
+
+    def mirror(infos, frame_indices, device, threads):
+        calls.append((len(infos), threads))
+        out = []
+        for info, idx in zip(infos, frame_indices):
+            frames = torch.from_numpy(pyav_backend.decode_pyav(info.path, list(idx)[::-1]))
+            out.append(frames.flip(0))
+        return out
+
+    registered(decode_module.Decoder("mirror", mirror, batched=True, options=("threads",)))
+    decode_module.reset_decode_counts()
+    assert numbers(decode(videos["h264"], [5, 1, 30], backend="mirror", threads=3)) == [5, 1, 30]
+    out = decode_many([videos["h264"], videos["vp9"]], [[2, 0], [9]], backend="mirror")
+    assert [numbers(o) for o in out] == [[2, 0], [9]]
+    assert calls == [(1, 3), (2, 2)]  # decode_many: one batched call
+    assert decode_module.decode_counts()["mirror"] == 3
+    assert "mirror" in decode_module.decoder_names()
+    cfg = load_config(None, ["model.tiny=qwen2_vl", "data.train=x", "decode.backend=mirror"])
+    assert DecodeSettings.from_config(cfg.decode).backend == "mirror"
+    with pytest.raises(ValueError, match="already registered"):
+        registered(decode_module.Decoder("mirror", mirror))
+
+
+def test_an_unavailable_decoder_says_why(videos, registered):
+    def never(*_):
+        raise AssertionError("an unavailable decoder must not be called")
+
+    registered(decode_module.Decoder("absent", never, unavailable=lambda: "libfoo.so.1 missing"))
+    assert decode_module.available_decoders()["absent"] == "libfoo.so.1 missing"
+    assert decode_module.available_decoders()["pyav"] is None
+    if dali_available() and not torch.cuda.is_available():
+        assert decode_module.available_decoders()["dali_gpu"] == "needs a CUDA device (none here)"
+    with pytest.raises(RuntimeError, match="'absent' is unavailable: libfoo.so.1 missing"):
+        decode(videos["h264"], [0], backend="absent")
+    # with fallback the error still surfaces: the machine, not the file, is the problem
+    with pytest.raises(RuntimeError, match="unavailable"):
+        decode(videos["h264"], [0], backend="absent", fallback=True)
+
+
+def test_frame_folders_are_a_source_entry(tmp_path, videos):
+    """The "frames" entry reads frame folders whatever decode.backend says; it cannot be
+    chosen as the backend of a video file."""
+    from PIL import Image
+
+    from tpo_fast.video import FrameVideo
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    frames = decode(videos["h264"], [3, 4, 5], backend="pyav")
+    for i, f in enumerate(frames):
+        Image.fromarray(f.numpy()).save(folder / f"c01_{i + 1:04d}.png")
+    info = probe(FrameVideo(folder=str(folder), fps=2.0))
+    decode_module.reset_decode_counts()
+    for backend in ("auto", "pyav", "dali_cpu"):
+        assert numbers(decode(info, [2, 0], backend=backend)) == [5, 3]
+    assert decode_module.decode_counts() == {"frames": 3}
+    assert "frames" in decode_module.DECODERS and "frames" not in decode_module.decoder_names()
+    with pytest.raises(ValueError, match="unknown backend 'frames'"):
+        decode(videos["h264"], [0], backend="frames")
+
+
+# -- torchcodec: an entry added through the registry alone ----------------------------------------
+
+# torchcodec 0.15.0's import error beside this project's CPU torch, as it printed it here
+# (2026-12; the message is built in meta-pytorch/torchcodec
+# src/torchcodec/_internally_replaced_utils.py::load_torchcodec_shared_libraries, the inner
+# OSError by torch/_ops.py::load_library), cut after the first FFmpeg version's block
+TORCHCODEC_LOAD_ERROR = """Could not load libtorchcodec. Likely causes:
+          1. FFmpeg is not properly installed in your environment. We support
+             versions 4, 5, 6, 7, and 8, and we attempt to load libtorchcodec
+             for each of those versions. Errors for versions not installed on
+             your system are expected; only the error for your installed FFmpeg
+             version is relevant. On Windows, ensure you've installed the
+             "full-shared" version which ships DLLs.
+          2. The PyTorch version (2.13.0+cpu) is not compatible with
+             this version of TorchCodec. Refer to the version compatibility
+             table:
+             https://github.com/pytorch/torchcodec?tab=readme-ov-file#installing-torchcodec.
+          3. Another runtime dependency; see exceptions below.
+
+        The following exceptions were raised as we tried to load libtorchcodec:
+        
+[start of libtorchcodec loading traceback]
+FFmpeg version 8:
+Traceback (most recent call last):
+  File "/work/wt/decode/.venv/lib/python3.11/site-packages/torch/_ops.py", line 1516, in load_library
+    ctypes.CDLL(path)
+  File "/root/.pyenv/versions/3.11.7/lib/python3.11/ctypes/__init__.py", line 376, in __init__
+    self._handle = _dlopen(self._name, mode)
+                   ^^^^^^^^^^^^^^^^^^^^^^^^^
+OSError: libnvrtc.so.13: cannot open shared object file: No such file or directory
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "/tmp/tcsite/torchcodec/_internally_replaced_utils.py", line 93, in load_torchcodec_shared_libraries
+    torch.ops.load_library(core_library_path)
+  File "/work/wt/decode/.venv/lib/python3.11/site-packages/torch/_ops.py", line 1518, in load_library
+    raise OSError(f"Could not load this library: {path}") from e
+OSError: Could not load this library: /tmp/tcsite/torchcodec/libtorchcodec_core8.so
+"""  # noqa: E501, W293
+
+
+def test_torchcodec_load_error_names_the_missing_library():
+    from tpo_fast.video.torchcodec_backend import load_error_reason
+
+    assert load_error_reason(TORCHCODEC_LOAD_ERROR) == (
+        "libnvrtc.so.13: cannot open shared object file: No such file or directory")
+    assert load_error_reason("something else\nmore") == "something else"
+
+
+@pytest.mark.skipif(decode_module.available_decoders()["torchcodec"] is None,
+                    reason="torchcodec loads here")
+def test_torchcodec_unavailable_is_reported_and_refused_cleanly(videos):
+    """Without a loadable torchcodec (this CPU machine: not installed, or its CUDA build
+    without libnvrtc) the entry says why, ``decode`` refuses with that reason, and the config
+    still accepts the name (the machine, not the config, lacks it)."""
+    from tpo_fast.config import load_config
+
+    why = decode_module.available_decoders()["torchcodec"]
+    assert why.startswith(("torchcodec is not installed", "torchcodec does not load: "))
+    with pytest.raises(RuntimeError, match=r"backend 'torchcodec' is unavailable: torchcodec"):
+        decode(videos["h264"], [0, 3], backend="torchcodec")
+    with pytest.raises(RuntimeError, match="unavailable"):
+        decode_many([videos["h264"]], [[0]], backend="torchcodec")
+    cfg = load_config(None, ["model.tiny=qwen2_vl", "data.train=x", "decode.backend=torchcodec"])
+    assert cfg.decode.backend == "torchcodec"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(decode_module.available_decoders()["torchcodec"] is not None,
+                    reason=f"{decode_module.available_decoders()['torchcodec']}")
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+@pytest.mark.parametrize("codec", ["h264", "vp9"])
+def test_torchcodec_frames_are_pyavs_frames(tmp_path, codec, device):
+    """Same frames (the index each frame shows, any order, repeats) and pixels within the DALI
+    rule (test_decode_backends_paths.py::test_dali_gpu_frames_are_pyavs_frames): twice the
+    YUV->RGB conversion difference measured between DALI's CPU decoder and PyAV on these
+    videos (mean 0.53-0.89 levels, 99th percentile 1-2): mean < 2, 99th percentile <= 4.
+    torchcodec on the CPU converts with FFmpeg's swscale as PyAV does; with NVDEC it converts
+    on the GPU. Unvalidated until the GPU suite runs it."""
+    path = write_index_video(tmp_path / f"i.{'mp4' if codec == 'h264' else 'webm'}", 40,
+                             codec=codec, gop=8, texture=True)
+    idx = [39, 0, 17, 17, 8, 7, 1, 20]
+    target = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else None
+    decode_module.reset_decode_counts()
+    got = decode(path, idx, backend="torchcodec", device=target)
+    ref = decode(path, idx, backend="pyav")
+    assert decode_module.decode_counts()["torchcodec"] == 1
+    assert got.dtype == torch.uint8 and got.shape == ref.shape
+    assert got.device.type == device
+    assert [frame_number(f) for f in got.cpu()] == idx == [frame_number(f) for f in ref]
+    diff = (got.cpu().float() - ref.float()).abs()
+    assert diff.mean() < 2.0, float(diff.mean())
+    assert np.percentile(diff.numpy(), 99) <= 4, float(np.percentile(diff.numpy(), 99))

@@ -7,6 +7,7 @@ from types import SimpleNamespace as NS
 import pytest
 import torch
 
+from tpo_fast.synthetic.videos import frame_number, write_index_video
 from tpo_fast.video import (
     FramePlan,
     VideoDecodeError,
@@ -16,7 +17,6 @@ from tpo_fast.video import (
     probe,
 )
 from tpo_fast.video import loader as loader_module
-from tpo_fast.video.synthetic import frame_number, write_index_video
 
 CFG = NS(model_type="qwen2_5_vl", vision_config=NS(patch_size=4, spatial_merge_size=2,
                                                     temporal_patch_size=2))

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tpo_fast.synthetic.videos import write_index_video
 from tpo_fast.video import load_video_inputs, preprocess_video
 from tpo_fast.video.preprocess import smart_resize
-from tpo_fast.video.synthetic import write_index_video
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 # OpenAI CLIP normalisation, written out here (not imported) so a wrong constant fails.
@@ -131,7 +131,7 @@ def test_qwen_single_frame_matches_hf_qwen2vl_processor_exactly(family, p, mean)
                                rtol=0)
 
 
-def reference_patches(x, tp, p, m):
+def naive_patches(x, tp, p, m):
     """Row-by-row Qwen patch layout, written with loops (independent of reshape/permute)."""
     n, c, height, width = x.shape
     t, gh, gw = n // tp, height // p, width // p
@@ -156,7 +156,7 @@ def test_qwen_multi_frame_patch_order_and_padding(n):
         x = torch.cat([x, x[-1:]])  # padded with the last frame
     assert out["video_grid_thw"].tolist() == [[(n + 1) // 2, 6, 10]]
     assert out["video_grid_thw"].dtype == torch.long
-    torch.testing.assert_close(out["pixel_values_videos"], reference_patches(x, 2, 4, 2),
+    torch.testing.assert_close(out["pixel_values_videos"], naive_patches(x, 2, 4, 2),
                                atol=1e-5, rtol=0)
 
 

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from tpo_fast.models.registry import FAMILIES, supported_families
+from tpo_fast.synthetic.videos import write_index_video
 from tpo_fast.video import load_video_inputs, preprocess_video
 from tpo_fast.video.preprocess import GridFrames, SquareFrames
-from tpo_fast.video.synthetic import write_index_video
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 

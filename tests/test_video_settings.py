@@ -4,10 +4,10 @@ GPU decoder in a worker thread gets that index, not the worker's current device 
 import pytest
 import torch
 
+from tpo_fast.synthetic.videos import write_index_video
 from tpo_fast.video import DecodeSettings, VideoLoader, load_video_inputs
 from tpo_fast.video import decoders as decode_module
 from tpo_fast.video.settings import resolve_device
-from tpo_fast.video.synthetic import write_index_video
 
 
 def test_auto_follows_the_model_device():

@@ -16,17 +16,18 @@ def _add_plan_args(p: argparse.ArgumentParser, pairs: int, world_size: int) -> N
     p.add_argument("--epoch", type=int, default=0)
     p.add_argument("--drop-overlong", action="store_true",
                    help="skip pairs over the token budget instead of failing")
-    p.add_argument("--backend", choices=("auto", "native", "reference"), default="auto")
+    p.add_argument("--backend", choices=("auto", "native", "naive"), default="auto")
     p.add_argument("--json", metavar="PATH", help="also write the summary as JSON")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Plan packed micro-batches for a synthetic TPO-like preference set and summarise them."""
-    from tpo_fast.packing import build_indices, get_backend, plan_bins, synthetic_lengths
+    from tpo_fast.packing import build_indices, get_backend, plan_bins
+    from tpo_fast.synthetic.packing import synthetic_lengths
 
     prompt, chosen, rejected = synthetic_lengths(args.pairs, seed=args.seed)
     backend = get_backend(args.backend).__name__
-    backend = "reference" if backend.endswith("reference") else "native"
+    backend = "naive" if backend.endswith("naive") else "native"
     start = time.perf_counter()
     plan = plan_bins(prompt, chosen, rejected, args.token_budget, args.world_size, args.seed,
                      epoch=args.epoch, drop_overlong=args.drop_overlong, backend=args.backend)
@@ -89,7 +90,7 @@ def cmd_ref_logps(args: argparse.Namespace) -> int:
 
 def cmd_make_pairs(args: argparse.Namespace) -> int:
     """Write a small synthetic pairs set (colour videos) for the tiny embedded default."""
-    from tpo_fast.data.synthetic import make_pairs
+    from tpo_fast.synthetic.pairs import make_pairs
 
     path = make_pairs(args.out_dir, n_pairs=args.pairs, n_videos=args.videos, seed=args.seed)
     print(f"tpo-fast make-pairs: wrote {args.pairs} pairs and {args.videos} videos -> {path}")
@@ -104,31 +105,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
                                      overwrite=args.overwrite)
     print(f"tpo-fast convert: {args.source} (LLaVA-NeXT layout) -> {out} "
           "(transformers LlavaOnevisionForConditionalGeneration)")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole method on a CPU with nothing downloaded: synthetic videos, a weak tiny
-    Qwen2-VL, self-curated TPO pairs, TPO training, and base vs TPO on held-out videos."""
-    import dataclasses
-
-    from tpo_fast.demo import DemoSettings, run_demo
-
-    fields = {f.name: f for f in dataclasses.fields(DemoSettings)}
-    values = {"out": args.out, "seed": args.seed, "control": args.control,
-              "progress": not args.no_progress}
-    if args.quick:  # the reduced run CI uses (a few minutes)
-        # (without the judge: from 8 videos a weak base keeps too few pairs to train on)
-        values.update(train_videos=8, heldout_videos=4, sft_epochs=1, tpo_epochs=1,
-                      judge=False)
-    for item in args.overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or key not in fields:
-            near = ", ".join(sorted(fields))
-            raise ValueError(f"demo setting {item!r}: expected key=value with a key among {near}")
-        kind = type(getattr(DemoSettings(), key))
-        values[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
-    run_demo(DemoSettings(**values), stage=args.stage)
     return 0
 
 
@@ -156,18 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help=cmd_plan.__doc__)
     _add_plan_args(plan, pairs=10_000, world_size=8)
     plan.set_defaults(func=cmd_plan)
-    demo = sub.add_parser("demo", help=cmd_demo.__doc__)
-    demo.add_argument("overrides", nargs="*", metavar="key=value",
-                      help="demo settings, e.g. train_videos=24 beta=0.2 (tpo_fast/demo.py)")
-    demo.add_argument("--out", default="runs/demo", help="the run folder")
-    demo.add_argument("--stage", default="all",
-                      choices=("all", "data", "base", "curate", "tpo", "control", "eval"))
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--control", action="store_true",
-                      help="also train SFT on the chosen answers (the experiment's control)")
-    demo.add_argument("--quick", action="store_true", help="a reduced run (CI)")
-    demo.add_argument("--no-progress", action="store_true")
-    demo.set_defaults(func=cmd_demo)
+    demo = sub.add_parser("demo", add_help=False,
+                          help="the whole method on a CPU with nothing downloaded (synthetic "
+                               "videos, a tiny base, self-curated pairs, TPO, held-out eval); "
+                               "`tpo-fast demo --help`")
+    demo.add_argument("args", nargs=argparse.REMAINDER)
     ev = sub.add_parser("eval", add_help=False,
                         help="multiple-choice video QA accuracy (Video-MME, MLVU, "
                              "LongVideoBench, synthetic); `tpo-fast eval --help`")
@@ -208,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["curate"]:  # its own parser (options and key=value overrides)
         return _curate(argv[1:])
+    if argv[:1] == ["demo"]:  # its own parser (a YAML config and key=value overrides)
+        from tpo_fast.demo import demo_main
+
+        return demo_main(argv[1:])
     if argv[:1] == ["eval"]:
         from tpo_fast.eval.cli import main as eval_main
 

@@ -27,7 +27,6 @@ _EXPORTS = {
     "LLMResult": "tpo_fast.curate.llm",
     "AnnotationPolicy": "tpo_fast.curate.policy",
     "HFPolicy": "tpo_fast.curate.policy",
-    "make_synthetic_videos": "tpo_fast.curate.synthetic",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -52,7 +52,7 @@ def _config(args: argparse.Namespace):
     if args.no_progress:
         flags.append("run.progress=false")
     if args.synthetic:
-        from tpo_fast.curate.synthetic import make_synthetic_videos
+        from tpo_fast.synthetic.curate import make_synthetic_videos
 
         probe_cfg = load_curate_config(config, [*overrides, *flags, "input.videos=pending"])
         manifest = make_synthetic_videos(Path(probe_cfg.run.output_dir) / "synthetic",

@@ -10,8 +10,18 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
-from tpo_fast.config import ConfigError, build_config, read_config_tree
+from tpo_fast.config import (
+    MOVED_TO_DECODE,
+    ConfigError,
+    DecodeConfig,
+    Dtype,
+    build_config,
+    check_sections,
+    read_config_tree,
+    require,
+)
 
 TASK_TYPES = ("temporal", "action", "causal", "information_extraction", "descriptive",
               "summarisation", "object", "spatial")
@@ -25,13 +35,16 @@ class InputConfig:
         default_factory=lambda: [".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"])
     limit: int = 0  # use only the first N videos (0: all)
 
+    def check(self, key: str) -> None:
+        require(self.videos, f"{key}.videos (a folder or a JSONL manifest) must be set")
+
 
 @dataclass
 class PolicyConfig:
-    kind: str = "hf"  # hf (a video LLM) | annotation (answers from the manifest's events)
+    kind: Literal["hf", "annotation"] = "hf"  # a video LLM | answers from the manifest's events
     path: str | None = None  # a local Hugging Face model directory
     tiny: str | None = None  # or a tiny random model of this family (tests)
-    dtype: str = "bfloat16"  # float32 | bfloat16 | float16
+    dtype: Dtype = "bfloat16"
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     batch_size: int = 8  # answers generated together
     max_new_tokens: int = 256
@@ -39,17 +52,22 @@ class PolicyConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     system_prompt: str | None = None
-    decode_workers: int = 2  # background video-decoding threads
-    video_backend: str = "auto"  # auto (CUDA: DALI GPU, else PyAV) | pyav | dali_cpu | dali_gpu
-    decode_device: str = "auto"  # auto (the policy model's device) | cpu | cuda | cuda:N
-    video_threads: int = 2  # FFmpeg / DALI threads per decode
+
+    MOVED: ClassVar[dict[str, str]] = MOVED_TO_DECODE  # the decode: section has them
+
+    def check(self, key: str) -> None:
+        require(self.kind != "hf" or bool(self.path) != bool(self.tiny),
+                f"{key}.kind=hf needs exactly one of {key}.path or {key}.tiny")
+        require(self.batch_size >= 1 and self.max_new_tokens >= 1,
+                f"{key}.batch_size and {key}.max_new_tokens must be >= 1")
 
 
 @dataclass
 class LLMConfig:
     """A text LLM (the query writer or the judge)."""
 
-    kind: str = "annotation"  # annotation | openai | hf | policy (the policy model, text only)
+    # annotation | openai | hf | policy (the policy model, text only)
+    kind: Literal["annotation", "openai", "hf", "policy"] = "annotation"
     model: str = ""  # endpoint model name (openai) or a local model directory (hf)
     tiny: str | None = None  # hf only: a tiny random model of this family (tests)
     base_url: str = "http://127.0.0.1:8000/v1"  # openai: the server's /v1 root
@@ -62,16 +80,28 @@ class LLMConfig:
     temperature: float = 0.0
     max_tokens: int = 512
     batch_size: int = 16  # requests handed to the backend at once (one stage batch)
-    dtype: str = "bfloat16"  # hf only
+    dtype: Dtype = "bfloat16"  # hf only
     device: str = "auto"  # hf only
+
+    def check(self, key: str) -> None:
+        require(self.kind != "openai" or self.model, f"{key}.kind=openai needs {key}.model")
+        require(self.kind != "hf" or bool(self.model) != bool(self.tiny),
+                f"{key}.kind=hf needs exactly one of {key}.model or {key}.tiny")
+        require(self.concurrency >= 1 and self.batch_size >= 1 and self.max_retries >= 0,
+                f"{key}.concurrency and {key}.batch_size must be >= 1, max_retries >= 0")
+        require(self.timeout_s > 0, f"{key}.timeout_s must be > 0")
 
 
 @dataclass
 class CaptionConfig:
-    source: str = "auto"  # auto (manifest captions, else the policy) | given | policy
+    source: Literal["auto", "given", "policy"] = "auto"  # auto: manifest captions, else policy
     windows: int = 8  # caption windows per video when the policy captions
     frames: int = 8  # frames per caption window
     prompt: str = "Describe in detail what happens in this video clip."
+
+    def check(self, key: str) -> None:
+        require(self.windows >= 1 and self.frames >= 1,
+                f"{key}.windows and {key}.frames must be >= 1")
 
 
 @dataclass
@@ -79,6 +109,11 @@ class SegmentConfig:
     per_video: int = 3  # localized targets per video (manifest segments replace them)
     lengths: list[float] = field(default_factory=lambda: [4.0, 8.0])  # seconds, cycled
     comprehensive: bool = True  # one whole-video target per video
+
+    def check(self, key: str) -> None:
+        require(self.per_video >= 0, f"{key}.per_video must be >= 0")
+        require(self.lengths and all(x > 0 for x in self.lengths),
+                f"{key}.lengths must be positive seconds")
 
 
 @dataclass
@@ -91,6 +126,13 @@ class QueryConfig:
         "information_extraction", "spatial"])
     tasks_per_target: int = 1  # task types drawn per target (seeded); 0: every listed type
 
+    def check(self, key: str) -> None:
+        require(self.tasks_per_target >= 0, f"{key}.tasks_per_target must be >= 0")
+        for name in ("localized_tasks", "comprehensive_tasks"):
+            bad = [t for t in getattr(self, name) if t not in TASK_TYPES]
+            require(not bad, f"{key}.{name}: unknown task type(s) {bad}; choose from "
+                              f"{list(TASK_TYPES)}")
+
 
 @dataclass
 class ResponseConfig:
@@ -98,6 +140,13 @@ class ResponseConfig:
     incomplete_fraction: float = 0.5  # localized rejected: share `incomplete` (rest: complement)
     incomplete_keep: float = 0.5  # incomplete plan: share of the segment's frames kept
     downsample_factor: int = 4  # comprehensive rejected: uniform frames / factor
+
+    def check(self, key: str) -> None:
+        require(self.frames >= 1, f"{key}.frames must be >= 1")
+        require(0 <= self.incomplete_fraction <= 1,
+                f"{key}.incomplete_fraction must be in [0, 1]")
+        require(0 < self.incomplete_keep < 1, f"{key}.incomplete_keep must be in (0, 1)")
+        require(self.downsample_factor >= 2, f"{key}.downsample_factor must be >= 2")
 
 
 @dataclass
@@ -113,6 +162,11 @@ class FilterConfig:
         "cannot determine", "not possible to determine"])
     judge: bool = True  # run the LLM judge (TPO's three checks) on pairs the rules keep
 
+    def check(self, key: str) -> None:
+        bad = [x for x in self.rules if x not in RULES]
+        require(not bad, f"{key}.rules: unknown rule(s) {bad}; choose from {list(RULES)}")
+        require(0 < self.near_identical <= 1, f"{key}.near_identical must be in (0, 1]")
+
 
 @dataclass
 class MixConfig:
@@ -120,6 +174,12 @@ class MixConfig:
     comprehensive: float = 5.0
     target_size: int = 0  # pairs in the output (0: as many as the ratio allows)
     fill: bool = False  # top up from the other kind when one kind is short
+
+    def check(self, key: str) -> None:
+        require(self.localized >= 0 and self.comprehensive >= 0
+                and self.localized + self.comprehensive > 0,
+                f"{key}.localized and {key}.comprehensive must be >= 0, not both 0")
+        require(self.target_size >= 0, f"{key}.target_size must be >= 0")
 
 
 @dataclass
@@ -135,6 +195,7 @@ class CurateRunConfig:
 class CurateConfig:
     input: InputConfig = field(default_factory=InputConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # how the policy decodes
     query: LLMConfig = field(default_factory=LLMConfig)
     judge: LLMConfig = field(default_factory=LLMConfig)
     captions: CaptionConfig = field(default_factory=CaptionConfig)
@@ -147,66 +208,14 @@ class CurateConfig:
 
     def validate(self) -> CurateConfig:
         """Raise ConfigError naming the first bad key."""
-        for ok, message in self._checks():
-            if not ok:
-                raise ConfigError(message)
+        check_sections(self)
         return self
 
-    def _checks(self) -> list[tuple[bool, str]]:
-        p, r, m = self.policy, self.responses, self.mix
-        checks = [
-            (self.input.videos, "input.videos (a folder or a JSONL manifest) must be set"),
-            (p.kind in ("hf", "annotation"),
-             f"policy.kind must be hf or annotation, got {p.kind!r}"),
-            (p.kind != "hf" or bool(p.path) != bool(p.tiny),
-             "policy.kind=hf needs exactly one of policy.path or policy.tiny"),
-            (p.batch_size >= 1 and p.max_new_tokens >= 1,
-             "policy.batch_size and policy.max_new_tokens must be >= 1"),
-            (p.video_backend in ("auto", "pyav", "dali_cpu", "dali_gpu"),
-             f"policy.video_backend must be auto, pyav, dali_cpu or dali_gpu, got "
-             f"{p.video_backend!r}"),
-            (p.decode_device in ("auto", "cpu") or p.decode_device.split(":")[0] == "cuda",
-             f"policy.decode_device must be auto, cpu, cuda or cuda:N, got {p.decode_device!r}"),
-            (p.video_threads >= 1, "policy.video_threads must be >= 1"),
-            (self.captions.source in ("auto", "given", "policy"),
-             "captions.source must be auto, given or policy"),
-            (self.captions.windows >= 1 and self.captions.frames >= 1,
-             "captions.windows and captions.frames must be >= 1"),
-            (self.segments.per_video >= 0, "segments.per_video must be >= 0"),
-            (self.segments.lengths and all(x > 0 for x in self.segments.lengths),
-             "segments.lengths must be positive seconds"),
-            (self.queries.tasks_per_target >= 0, "queries.tasks_per_target must be >= 0"),
-            (r.frames >= 1, "responses.frames must be >= 1"),
-            (0 <= r.incomplete_fraction <= 1, "responses.incomplete_fraction must be in [0, 1]"),
-            (0 < r.incomplete_keep < 1, "responses.incomplete_keep must be in (0, 1)"),
-            (r.downsample_factor >= 2, "responses.downsample_factor must be >= 2"),
-            (0 < self.filter.near_identical <= 1, "filter.near_identical must be in (0, 1]"),
-            (m.localized >= 0 and m.comprehensive >= 0 and m.localized + m.comprehensive > 0,
-             "mix.localized and mix.comprehensive must be >= 0, not both 0"),
-            (m.target_size >= 0, "mix.target_size must be >= 0"),
-        ]
-        for name in ("localized_tasks", "comprehensive_tasks"):
-            bad = [t for t in getattr(self.queries, name) if t not in TASK_TYPES]
-            checks.append((not bad, f"queries.{name}: unknown task type(s) {bad}; choose from "
-                                    f"{list(TASK_TYPES)}"))
-        bad_rules = [x for x in self.filter.rules if x not in RULES]
-        checks.append((not bad_rules, f"filter.rules: unknown rule(s) {bad_rules}; choose from "
-                                      f"{list(RULES)}"))
+    def check(self, key: str) -> None:
+        """The checks that span sections (each section checks its own fields)."""
         for name in ("query", "judge"):
-            llm = getattr(self, name)
-            checks += [
-                (llm.kind in ("annotation", "openai", "hf", "policy"),
-                 f"{name}.kind must be annotation, openai, hf or policy, got {llm.kind!r}"),
-                (llm.kind != "openai" or llm.model, f"{name}.kind=openai needs {name}.model"),
-                (llm.kind != "hf" or bool(llm.model) != bool(llm.tiny),
-                 f"{name}.kind=hf needs exactly one of {name}.model or {name}.tiny"),
-                (llm.kind != "policy" or p.kind == "hf",
-                 f"{name}.kind=policy needs policy.kind=hf"),
-                (llm.concurrency >= 1 and llm.batch_size >= 1 and llm.max_retries >= 0,
-                 f"{name}.concurrency and {name}.batch_size must be >= 1, max_retries >= 0"),
-                (llm.timeout_s > 0, f"{name}.timeout_s must be > 0"),
-            ]
-        return checks
+            require(getattr(self, name).kind != "policy" or self.policy.kind == "hf",
+                     f"{name}.kind=policy needs policy.kind=hf")
 
     def rank_world(self) -> tuple[int, int]:
         """(rank, world size): the config's values, else env RANK / WORLD_SIZE, else (0, 1)."""

@@ -41,10 +41,6 @@ STAGES = ("videos", "captions", "queries", "responses", "judged")
 _SHOWN = 20  # problems and failures kept in the report, per kind
 
 
-class InjectedCrash(RuntimeError):
-    """Raised by the test hook ``crash_after_batches`` to simulate a crash mid-run."""
-
-
 @dataclass
 class StageReport:
     total: int = 0  # items of this rank's shard
@@ -72,14 +68,12 @@ class Curator:
     built from the config when first needed."""
 
     def __init__(self, cfg: CurateConfig, *, policy: Policy | None = None,
-                 query_llm: LLMBackend | None = None, judge_llm: LLMBackend | None = None,
-                 crash_after_batches: int = 0):
+                 query_llm: LLMBackend | None = None, judge_llm: LLMBackend | None = None):
         self.cfg = cfg
         self.rank, self.world = cfg.rank_world()
         self.out = Path(cfg.run.output_dir)
         self.stage_dir = self.out / "stages"
         self._policy, self._query_llm, self._judge_llm = policy, query_llm, judge_llm
-        self._crash_after, self._batches = crash_after_batches, 0
         self.reports: dict[str, StageReport] = {}
         self.problems: list[str] = []  # manifest lines and videos left out
 
@@ -87,7 +81,7 @@ class Curator:
     @property
     def policy(self) -> Policy:
         if self._policy is None:
-            self._policy = build_policy(self.cfg.policy)
+            self._policy = build_policy(self.cfg.policy, self.cfg.decode)
         return self._policy
 
     @property
@@ -153,7 +147,6 @@ class Curator:
                 report.done += len(good)
                 self._note_failures(report, [r for r in records if "error" in r])
                 bar.update(len(batch))
-                self._maybe_crash()
         report.seconds = round(time.perf_counter() - t0, 3)
         return {i: done[i] for i in ids if i in done}
 
@@ -161,11 +154,6 @@ class Curator:
         report.failed += len(failed)
         room = _SHOWN - len(report.failures)
         report.failures += [f"{r['id']}: {r['error']}" for r in failed[:max(room, 0)]]
-
-    def _maybe_crash(self) -> None:
-        self._batches += 1
-        if self._crash_after and self._batches >= self._crash_after:
-            raise InjectedCrash(f"injected crash after {self._batches} batches")
 
     # ---- stage: videos ---------------------------------------------------------------------
     def _videos_stage(self, entries: list[VideoEntry]) -> Stage:

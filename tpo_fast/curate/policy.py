@@ -4,8 +4,8 @@ by default, the captions).
     policy.answer([PolicyRequest(id, video, plan, question, seed, events), ...]) -> [str | None]
 
 ``HFPolicy`` decodes each request's frame plan in background threads (``VideoLoader``; backend,
-device and threads from ``policy.video_backend`` / ``decode_device`` / ``video_threads``: on a
-CUDA machine by default DALI on the model's GPU) and runs batched ``generate``;
+device, threads and workers from the ``decode:`` section: on a CUDA machine by default DALI on
+the model's GPU) and runs batched ``generate``;
 ``AnnotationPolicy`` answers from the ground-truth events that the plan's
 frames show (the synthetic demo and fast tests: a rejected input that misses the segment really
 does miss its events). ``None`` marks a request whose video could not be decoded.
@@ -62,16 +62,17 @@ class AnnotationPolicy:
 class HFPolicy:
     """A Hugging Face video LLM (any family of ``tpo_fast.models``) answering with ``generate``."""
 
-    def __init__(self, model, tokenizer, cfg: PolicyConfig, name: str):
+    def __init__(self, model, tokenizer, cfg: PolicyConfig, name: str, decode=None):
+        from tpo_fast.config import DecodeConfig
         from tpo_fast.models.registry import adapter_for
         from tpo_fast.video import DecodeSettings
 
         self.model, self.tokenizer, self.cfg, self.name = model, tokenizer, cfg, name
         self.adapter = adapter_for(model)
         # Resolved in this thread, so decoding workers get an explicit device index.
-        self.decode = DecodeSettings.build(cfg.video_backend, cfg.decode_device,
-                                           cfg.video_threads,
-                                           model_device=next(model.parameters()).device)
+        self.decode_cfg = decode or DecodeConfig()
+        self.decode = DecodeSettings.from_config(self.decode_cfg,
+                                                 model_device=next(model.parameters()).device)
 
     def _inputs(self, request: PolicyRequest) -> tuple[list[int], dict]:
         from tpo_fast.video import load_video_inputs
@@ -89,7 +90,7 @@ class HFPolicy:
         texts: dict[str, str] = {}
         # Equal frame counts next to each other, so LLaVA-style inputs can share a batch.
         order = sorted(requests, key=lambda r: len(r.plan.indices))
-        loader = VideoLoader(order, self._inputs, num_workers=self.cfg.decode_workers,
+        loader = VideoLoader(order, self._inputs, num_workers=self.decode_cfg.workers,
                              prefetch=2 * self.cfg.batch_size)
         batch: list[tuple[PolicyRequest, tuple[list[int], dict]]] = []
         for request, result in loader:
@@ -145,8 +146,9 @@ def load_video_llm(path: str | None, tiny: str | None, dtype: str, device: str):
     return model.to(resolve_device(device)).eval(), tokenizer, name
 
 
-def build_policy(cfg: PolicyConfig) -> Policy:
+def build_policy(cfg: PolicyConfig, decode=None) -> Policy:
+    """The policy ``cfg`` names; ``decode``: the ``decode:`` section (``DecodeConfig``)."""
     if cfg.kind == "annotation":
         return AnnotationPolicy()
     model, tokenizer, name = load_video_llm(cfg.path, cfg.tiny, cfg.dtype, cfg.device)
-    return HFPolicy(model, tokenizer, cfg, name)
+    return HFPolicy(model, tokenizer, cfg, name, decode)

@@ -6,11 +6,11 @@ decoded on a small thread pool (``tpo_fast.video``), preprocessed into the model
 and packed by the family's ``PairPacker`` (``tpo_fast.data.packer``: token ids, video-token
 checks, position ids).
 
-Decoding follows ``data.video_backend`` / ``data.decode_device`` / ``data.video_threads``
-(``DecodeSettings``): on a CUDA machine by default DALI decodes on the model's own GPU and the
-frames are preprocessed there; CPU-decoded frames travel as pinned uint8 and are normalised on
-the device. With ``device`` on CUDA the packed batch's CPU tensors are pinned too (in the
-building thread), so ``batch.to(device, non_blocking=True)`` does not block.
+Decoding follows the ``decode:`` section (``DecodeConfig`` -> ``DecodeSettings``): on a CUDA
+machine by default DALI decodes on the model's own GPU and the frames are preprocessed there;
+CPU-decoded frames travel as pinned uint8 and are normalised on the device. With the model on
+CUDA the packed batch's CPU tensors are pinned too (in the building thread), so
+``batch.to(device, non_blocking=True)`` does not block.
 
 A pair that cannot be used (empty response, over-long tokenization, unreadable video) is an
 error naming its file and line, or, with ``data.skip_invalid=true``, a counted skip.
@@ -47,25 +47,25 @@ class TPODataset:
             replaces ``data.system_prompt`` for it (with neither, the packer's own
             ``system_prompt``, None unless set).
         packer: the family's ``PairPacker`` (adapter + tokenizer): tokenises and packs.
-        data_cfg: ``DataConfig`` (frames, system_prompt, decode_threads, skip_invalid,
-            video_backend, decode_device, video_threads, min/max_pixels).
+        data_cfg: ``DataConfig`` (frames, system_prompt, skip_invalid, min/max_pixels, ...).
+        decode: the ``decode:`` section (``DecodeConfig``; default: its defaults).
         device: where the model runs and batches go (``PreferenceModel.device``): decoding
             defaults to it (DALI on its GPU) and batches are pinned when it is CUDA.
     After construction ``skipped`` lists ``"file:line: reason"`` for every pair left out and
     ``decode`` holds the resolved ``DecodeSettings`` (explicit device).
     """
 
-    def __init__(self, records: list[PairRecord], packer: PairPacker, data_cfg, *,
+    def __init__(self, records: list[PairRecord], packer: PairPacker, data_cfg, decode=None, *,
                  device: torch.device | str):
+        from tpo_fast.config import DecodeConfig
         from tpo_fast.video import DecodeSettings
 
         self.packer = packer
         self.model_config = packer.adapter.model.config
         self.cfg = data_cfg
         # Resolved here, in the constructing thread: workers get an explicit device index.
-        self.decode = DecodeSettings.build(
-            getattr(data_cfg, "video_backend", "auto"), getattr(data_cfg, "decode_device", "auto"),
-            getattr(data_cfg, "video_threads", 2), model_device=device)
+        decode = decode or DecodeConfig()
+        self.decode = DecodeSettings.from_config(decode, model_device=device)
         self._pin = torch.device(device).type == "cuda"  # batches go to a GPU
         self.skipped: list[str] = []
         self._shape_videos: dict[tuple, dict] = {}
@@ -93,7 +93,7 @@ class TPODataset:
         self._lengths = (np.asarray(prompt_lens, np.int64),
                          np.asarray([len(t.chosen) for t in self.tokens], np.int64),
                          np.asarray([len(t.rejected) for t in self.tokens], np.int64))
-        self._pool = ThreadPoolExecutor(max_workers=max(1, data_cfg.decode_threads),
+        self._pool = ThreadPoolExecutor(max_workers=max(1, decode.workers),
                                         thread_name_prefix="tpo-decode")
 
     def __len__(self) -> int:

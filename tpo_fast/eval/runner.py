@@ -22,11 +22,12 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from tpo_fast.config import DecodeConfig, check_sections
 from tpo_fast.eval import protocol as lmms
 from tpo_fast.eval.extract import extract_choice
 from tpo_fast.eval.records import MCQuestion, letter
@@ -61,10 +62,7 @@ class EvalSettings:
     max_new_tokens: int = 16  # generate
     instruction: str = DEFAULT_INSTRUCTION
     system: str | None = None
-    decode_workers: int = 2
-    video_backend: str = "auto"  # auto (CUDA: DALI on the model's GPU, else PyAV) | pyav | ...
-    decode_device: str = "auto"  # auto (the model's device) | cpu | cuda | cuda:N
-    video_threads: int = 2  # FFmpeg / DALI threads per decode
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # the decode: section
     protocol: str = "native"  # lmms-eval | native
     task: str | None = None  # the lmms-eval task (protocol lmms-eval), e.g. "videomme"
     subtitle_root: str | None = None  # Video-MME's subtitle/ folder (videomme_w_subtitle)
@@ -88,13 +86,7 @@ class EvalSettings:
                              f"{ANSWER_FORMATS}")
         if self.frames < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError("frames, batch_size and max_new_tokens must be >= 1")
-        from tpo_fast.video.settings import VIDEO_BACKENDS
-
-        if self.video_backend not in VIDEO_BACKENDS:
-            raise ValueError(f"unknown video backend {self.video_backend!r}; choose from "
-                             f"{VIDEO_BACKENDS}")
-        if self.video_threads < 1:
-            raise ValueError("video_threads must be >= 1")
+        check_sections(self.decode, "decode.")
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -285,8 +277,8 @@ def evaluate(model, tokenizer, questions: list[MCQuestion], *, method: str = "lo
              frames: int = 8, batch_size: int = 4, answer_format: str = "letter",
              length_normalize: bool = False, max_new_tokens: int | None = None,
              instruction: str = DEFAULT_INSTRUCTION, system: str | None = None,
-             decode_workers: int = 2, video_backend: str = "auto", decode_device: str = "auto",
-             video_threads: int = 2, protocol: str = "native", task: str | None = None,
+             decode: DecodeConfig | None = None, protocol: str = "native",
+             task: str | None = None,
              subtitle_root: str | None = None, seed: int = 0,
              lmms_eval_version: str = lmms.LMMS_EVAL_VERSION, progress: bool = True) -> dict:
     """Evaluate ``model`` (a HF video LLM of any ``tpo_fast.models`` family, or a
@@ -300,9 +292,9 @@ def evaluate(model, tokenizer, questions: list[MCQuestion], *, method: str = "lo
         batch_size: questions per packed forward / ``generate`` call.
         answer_format: loglik scores the answer "B" ("letter") or "B. red" ("letter_text").
         length_normalize: loglik ranks options by mean instead of summed token log-prob.
-        decode_workers: background video-decoding threads (0: decode in this thread).
-        video_backend, decode_device, video_threads: how videos decode (``DecodeSettings``;
-            by default DALI on the model's GPU on a CUDA machine, else PyAV).
+        decode: the ``decode:`` section (``DecodeConfig``: backend, device, threads, workers;
+            ``workers=0`` decodes in this thread; by default DALI on the model's GPU on a
+            CUDA machine, else PyAV).
         max_new_tokens: generate's answer length (default: the lmms-eval task's, else 16).
         system: a system prompt for the chat template (as the model was trained with).
         protocol: "lmms-eval" (with ``task``, one of ``protocol.TASKS``) or "native".
@@ -327,9 +319,8 @@ def evaluate(model, tokenizer, questions: list[MCQuestion], *, method: str = "lo
     settings = EvalSettings(method=method, frames=frames, batch_size=batch_size,
                             answer_format=answer_format, length_normalize=length_normalize,
                             max_new_tokens=max_new_tokens, instruction=instruction,
-                            system=system, decode_workers=decode_workers,
-                            video_backend=video_backend, decode_device=decode_device,
-                            video_threads=video_threads, protocol=protocol, task=task,
+                            system=system, decode=decode or DecodeConfig(),
+                            protocol=protocol, task=task,
                             subtitle_root=subtitle_root, seed=seed,
                             lmms_eval_version=lmms_eval_version)
     from tpo_fast.models import PreferenceModel
@@ -372,9 +363,8 @@ def _run(evaluator: Evaluator, questions: list[MCQuestion], settings: EvalSettin
     config = evaluator.model.config
     groups = group_by_video(questions)
     # Resolved here, so the decoding threads get an explicit device index.
-    decode = DecodeSettings.build(settings.video_backend, settings.decode_device,
-                                  settings.video_threads,
-                                  model_device=next(evaluator.model.parameters()).device)
+    decode = DecodeSettings.from_config(settings.decode,
+                                        model_device=next(evaluator.model.parameters()).device)
     lmms_eval = settings.protocol == "lmms-eval"
 
     def load(group: tuple[Path, list[MCQuestion]]):
@@ -387,7 +377,7 @@ def _run(evaluator: Evaluator, questions: list[MCQuestion], settings: EvalSettin
                                       settings=decode)
         return inputs, info
 
-    loader = VideoLoader(groups, load, num_workers=settings.decode_workers,
+    loader = VideoLoader(groups, load, num_workers=settings.decode.workers,
                          prefetch=max(2, settings.batch_size))
     bar = tqdm(total=len(questions), desc=f"eval ({settings.method})", unit="q",
                disable=not progress)

@@ -1,4 +1,4 @@
-"""Option log-likelihood scoring: the packed fast path and the plain-forward reference.
+"""Option log-likelihood scoring: the packed fast path and the plain-forward oracle.
 
 A question with K options is scored as ``ceil(K/2)`` preference pairs that share its prompt
 (video + question + lettered options): pair k holds option 2k as "chosen" and option 2k+1 as
@@ -78,7 +78,7 @@ def option_logps(preference_model, prompts: list[list[int]], options: list[list[
 @torch.no_grad()
 def stock_option_logps(model, prompt: list[int], options: list[list[int]],
                        video: dict) -> torch.Tensor:
-    """The reference: each option through a standard HF forward + log_softmax -> [K] float32."""
+    """The oracle: each option through a standard HF forward + log_softmax -> [K] float32."""
     from tpo_fast.models.stock import stock_response_logps
 
     return torch.stack([stock_response_logps(model, prompt, response, video).sum()

@@ -241,7 +241,32 @@ def load_tensors(model: nn.Module, folder: Path, files: dict[str, Path],
         handles.clear()
 
 
-# ---- writing -------------------------------------------------------------------------------
+def tower_config(config_class, tower: str, vision_config, llava: dict, derived: dict,
+                 known: dict):
+    """The vision tower's config (``config_class``: CLIP's or SigLIP's ``...VisionConfig``):
+    ``vision_config`` (such a config, a dict with at least num_attention_heads over the fields
+    the weights give, ``derived``, or a folder), else the ``mm_vision_tower`` folder, else
+    ``known[mm_vision_tower]``. Not yet checked against the weights (the caller does that)."""
+    name = llava.get("mm_vision_tower", "")
+    if isinstance(vision_config, config_class):
+        return vision_config
+    if isinstance(vision_config, dict):
+        if "num_attention_heads" not in vision_config:
+            raise LlavaNextCheckpointError("vision_config must give num_attention_heads (the "
+                                           "weights' shapes do not determine it)")
+        return config_class(**{**derived, **vision_config})
+    if vision_config is not None:
+        return config_class.from_pretrained(str(vision_config))
+    if name and Path(name).is_dir():
+        return config_class.from_pretrained(name)
+    if name in known:
+        return config_class(**known[name])
+    raise LlavaNextCheckpointError(
+        f"the {tower} config of vision tower {name!r} is not known offline: pass vision_config= "
+        f"(a {config_class.__name__}, a folder holding its config.json, or a dict with at least "
+        f"num_attention_heads; the weights give {derived})")
+
+
 def load_checkpoint(path, *, name: str, model_types, config_class, model_class,
                     resolve_vision_config, vision_config=None, dtype=None, device="cpu",
                     attn_implementation: str = "sdpa", zero3_config: dict | None = None):
@@ -275,6 +300,7 @@ def load_checkpoint(path, *, name: str, model_types, config_class, model_class,
     return model.eval()
 
 
+# ---- writing -------------------------------------------------------------------------------
 def write_folder(model: nn.Module, path, config: dict, *, tokenizer=None, dtype=None,
                  max_shard_bytes: int = DEFAULT_SHARD_BYTES, state_dict: dict | None = None,
                  overwrite: bool = False) -> Path:

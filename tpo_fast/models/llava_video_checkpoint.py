@@ -33,6 +33,7 @@ from tpo_fast.models.llava_next_layout import (
     building,
     load_checkpoint,
     read_llava_config,
+    tower_config,
     tower_kind,
     tower_layers,
     write_folder,
@@ -72,25 +73,8 @@ def resolve_vision_config(llava: dict, shapes: dict[str, tuple], vision_config=N
     from transformers import SiglipVisionConfig
 
     derived = vision_shapes(shapes)
-    name = llava.get("mm_vision_tower", "")
-    if isinstance(vision_config, SiglipVisionConfig):
-        config = vision_config
-    elif isinstance(vision_config, dict):
-        if "num_attention_heads" not in vision_config:
-            raise LlavaVideoCheckpointError("vision_config must give num_attention_heads (the "
-                                            "weights' shapes do not determine it)")
-        config = SiglipVisionConfig(**{**derived, **vision_config})
-    elif vision_config is not None:
-        config = SiglipVisionConfig.from_pretrained(str(vision_config))
-    elif name and Path(name).is_dir():
-        config = SiglipVisionConfig.from_pretrained(name)
-    elif name in KNOWN_VISION_TOWERS:
-        config = SiglipVisionConfig(**KNOWN_VISION_TOWERS[name])
-    else:
-        raise LlavaVideoCheckpointError(
-            f"the SigLIP config of vision tower {name!r} is not known offline: pass "
-            "vision_config= (a SiglipVisionConfig, a folder holding its config.json, or a dict "
-            f"with at least num_attention_heads; the weights give {derived})")
+    config = tower_config(SiglipVisionConfig, "SigLIP", vision_config, llava, derived,
+                          KNOWN_VISION_TOWERS)
     # (so400m: 384 px / 14 px patches = a 27-patch side, the last 6 pixels unused)
     derived["patches_per_side"] = derived.pop("image_size") // derived["patch_size"]
     given = {k: getattr(config, k) for k in derived if k != "patches_per_side"}

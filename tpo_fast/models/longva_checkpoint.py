@@ -37,6 +37,7 @@ from tpo_fast.models.llava_next_layout import (
     checkpoint_names,
     load_checkpoint,
     read_llava_config,
+    tower_config,
     tower_kind,
     tower_layers,
     write_folder,
@@ -85,25 +86,8 @@ def resolve_vision_config(llava: dict, shapes: dict[str, tuple], vision_config=N
     from transformers import CLIPVisionConfig
 
     derived = vision_shapes(shapes)
-    name = llava.get("mm_vision_tower", "")
-    if isinstance(vision_config, CLIPVisionConfig):
-        config = vision_config
-    elif isinstance(vision_config, dict):
-        if "num_attention_heads" not in vision_config:
-            raise LongVACheckpointError("vision_config must give num_attention_heads (the "
-                                        "weights' shapes do not determine it)")
-        config = CLIPVisionConfig(**{**derived, **vision_config})
-    elif vision_config is not None:
-        config = CLIPVisionConfig.from_pretrained(str(vision_config))
-    elif name and Path(name).is_dir():
-        config = CLIPVisionConfig.from_pretrained(name)
-    elif name in KNOWN_VISION_TOWERS:
-        config = CLIPVisionConfig(**KNOWN_VISION_TOWERS[name])
-    else:
-        raise LongVACheckpointError(
-            f"the CLIP config of vision tower {name!r} is not known offline: pass vision_config= "
-            "(a CLIPVisionConfig, a folder holding its config.json, or a dict with at least "
-            f"num_attention_heads; the weights give {derived})")
+    config = tower_config(CLIPVisionConfig, "CLIP", vision_config, llava, derived,
+                          KNOWN_VISION_TOWERS)
     wrong = {k: (getattr(config, k), v) for k, v in derived.items() if getattr(config, k) != v}
     if wrong:
         raise LongVACheckpointError("the vision config does not match the checkpoint's tower "

@@ -1,14 +1,16 @@
 """PreferenceModel: a Hugging Face video LLM that scores packed preference pairs.
 
-The drop-in API for any training loop: ``hidden_states(batch)`` gives the hidden states that
-predict every response token of a PackedBatch ([N, H], in the model's dtype) and
-``policy_logps(batch)`` the summed log-probs of each response ([n, 2]: chosen, rejected).
-The fused loss (``tpo_fast.kernels``) takes ``hidden_states`` and ``lm_head_weight()``.
+The drop-in API for any training loop: ``loss(batch, spec)`` gives a PackedBatch's
+``(loss, metrics)`` under a ``tpo_fast.kernels.LossSpec`` — the one batch → loss path, used by
+``tpo-fast train``, ``forward(batch, loss=spec)`` and the Hugging Face / TRL drop-ins.
+``hidden_states(batch)`` gives the hidden states that predict every response token ([N, H], in
+the model's dtype) and ``policy_logps(batch)`` the summed log-probs of each response ([n, 2]:
+chosen, rejected).
 
 Sequence parallel (``enable_sequence_parallel``, ``tpo_fast.sequence_parallel``): the ranks of
 an SP group pass the same batch; ``hidden_states`` then gives this rank's scored tokens only
-([N_r, H], ``batch.shard.scored``), while ``token_logps``, ``policy_logps`` and ``forward(batch,
-loss=...)`` return the whole micro-batch's values on every rank of the group.
+([N_r, H], ``batch.shard.scored``), while ``token_logps``, ``policy_logps``, ``loss`` and
+``forward(batch, loss=...)`` return the whole micro-batch's values on every rank of the group.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ from tpo_fast.attention import BACKENDS, PACKED_KWARG, PackedAttention, packed_f
 from tpo_fast.models.base import is_frozen
 from tpo_fast.models.registry import adapter_for
 from tpo_fast.packing import PackedBatch
+from tpo_fast.tensor_tree import move_tensors
+
+
+def _on(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """``x`` on ``device`` (an asynchronous copy from pinned memory); None stays None."""
+    return None if x is None else x.to(device, non_blocking=True)
 
 
 class PreferenceModel(nn.Module):
@@ -97,8 +105,7 @@ class PreferenceModel(nn.Module):
         device = self.device
         frozen = is_frozen(self.adapter.vision_tower()) and not any(
             p.requires_grad for p in self.adapter.projector_parameters())
-        videos = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                   for k, v in video.items()} for video in videos]
+        videos = move_tensors(videos, device, non_blocking=True)
         with torch.no_grad() if frozen else contextlib.nullcontext():
             if self.sequence_parallel is not None:  # frames split over the SP group
                 from tpo_fast.sequence_parallel import encode_split
@@ -122,13 +129,8 @@ class PreferenceModel(nn.Module):
         packed = PackedAttention.from_batch(batch, self.attention_backend, device)
         if self.sequence_parallel is not None:
             return self._shard_hidden_states(self.shard(batch), features, packed)
-        with packed_forward():
-            hidden = self.adapter.decoder_hidden_states(
-                batch.input_ids[None].to(device, non_blocking=True),
-                self.adapter.model_position_ids(batch.position_ids).to(device, non_blocking=True),
-                features, **{PACKED_KWARG: packed},
-            )
-        return hidden[0].index_select(0, batch.logit_index.to(device, non_blocking=True))
+        return self._decode(batch.input_ids, batch.position_ids, features, packed,
+                            batch.logit_index)
 
     def _shard_hidden_states(self, batch: PackedBatch, features, packed) -> torch.Tensor:
         """Sequence parallel: [N_r, H] hidden states of this rank's scored tokens
@@ -139,13 +141,20 @@ class PreferenceModel(nn.Module):
         features = shard_features(features, *plan.video_rows, plan.video_tokens)
         positions = torch.arange(plan.start, plan.start + plan.length, device=device)[None]
         attention = ShardedAttention(packed, self.sequence_parallel, positions)
+        return self._decode(plan.input_ids, plan.position_ids, features, attention,
+                            plan.local_rows)
+
+    def _decode(self, input_ids, position_ids, features, attention, rows) -> torch.Tensor:
+        """[len(rows), H]: the packed decoder forward over input_ids [T] (position ids [T] or
+        [3, T]) with ``attention`` as the packed attention, at the token rows ``rows``."""
+        device = self.device
         with packed_forward():
             hidden = self.adapter.decoder_hidden_states(
-                plan.input_ids[None].to(device, non_blocking=True),
-                self.adapter.model_position_ids(plan.position_ids).to(device, non_blocking=True),
+                _on(input_ids[None], device),
+                _on(self.adapter.model_position_ids(position_ids), device),
                 features, **{PACKED_KWARG: attention},
             )
-        return hidden[0].index_select(0, plan.local_rows.to(device, non_blocking=True))
+        return hidden[0].index_select(0, _on(rows, device))
 
     def token_logps(self, batch: PackedBatch, features=None) -> torch.Tensor:
         """[N] float32 log-prob of every scored token (``batch.logit_index`` order); under
@@ -156,11 +165,11 @@ class PreferenceModel(nn.Module):
         hidden = self.hidden_states(batch, features)
         device = hidden.device
         if self.sequence_parallel is None:
-            return linear_logprobs(hidden, self.lm_head_weight(), batch.target_ids.to(device))
+            return linear_logprobs(hidden, self.lm_head_weight(), _on(batch.target_ids, device))
         from tpo_fast.sequence_parallel import gather_scored
 
         plan = batch.shard
-        targets = batch.target_ids.to(device).index_select(0, plan.scored.to(device))
+        targets = _on(batch.target_ids, device).index_select(0, _on(plan.scored, device))
         weight = self.lm_head_weight()
         if hidden.shape[0]:
             local = linear_logprobs(hidden, weight, targets)
@@ -169,27 +178,45 @@ class PreferenceModel(nn.Module):
             local = (hidden.sum() + weight.sum()).float().mul(0).expand(0)
         return gather_scored(local, plan, self.sequence_parallel)
 
-    def forward(self, batch: PackedBatch, loss: dict | None = None):
-        """``hidden_states(batch)``; with ``loss`` (``tpo_fast.kernels.preference_loss``
-        keywords: beta, sft_weight, loss_type, ...) the batch's ``(loss, metrics)`` instead,
-        computed inside this forward, so a DDP / FSDP wrapper sees the LM head used in it."""
+    def loss(self, batch: PackedBatch, spec, *, ref_logps: torch.Tensor | None = None,
+             features=None, dpo_normalizer: float | torch.Tensor | None = None,
+             sft_normalizer: float | torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The batch's ``(loss, metrics)`` under ``spec`` (a ``tpo_fast.kernels.LossSpec``):
+        the packed forward and the fused LM head + log-prob + preference loss
+        (``tpo_fast.kernels.preference_loss``; under sequence parallelism the group's joined
+        token log-probs and ``dpo_sft_loss``, the same value on every rank of the group).
+
+        ref_logps: [n, 2] fp32 summed reference log-probs (chosen, rejected); None: the batch's
+        own ``batch.ref_logps`` (None there too: reference-free). features: the batch's
+        ``encode_videos`` output when the caller already has it. dpo_normalizer /
+        sft_normalizer: the step's pair and chosen-token totals under gradient accumulation
+        (defaults: this micro-batch's). Batches come from the packer, validated on the host:
+        on CUDA the value checks (host syncs) are skipped. Returns (0-dim fp32 loss, metrics
+        of ``tpo_fast.kernels.dpo_sft_loss``)."""
+        from tpo_fast.kernels import dpo_sft_loss, preference_loss
+
+        ref = batch.ref_logps if ref_logps is None else ref_logps
+        norms = dict(num_pairs=batch.n_pairs, dpo_normalizer=dpo_normalizer,
+                     sft_normalizer=sft_normalizer)
+        if self.sequence_parallel is not None:  # token log-probs joined over the group
+            token_logps = self.token_logps(batch, features)
+            device = token_logps.device
+            return dpo_sft_loss(token_logps, _on(batch.seq_id, device), _on(ref, device), spec,
+                                check_inputs=not token_logps.is_cuda, **norms)
+        hidden = self.hidden_states(batch, features)
+        device = hidden.device
+        return preference_loss(hidden, self.lm_head_weight(), _on(batch.target_ids, device),
+                               _on(batch.seq_id, device), _on(ref, device), spec,
+                               check_inputs=not hidden.is_cuda, **norms)
+
+    def forward(self, batch: PackedBatch, loss=None):
+        """``hidden_states(batch)``; with ``loss`` (a ``tpo_fast.kernels.LossSpec``)
+        ``self.loss(batch, loss)`` instead, computed inside this forward, so a DDP / FSDP
+        wrapper sees the LM head used in it."""
         if loss is None:
             return self.hidden_states(batch)
-        from tpo_fast.kernels import preference_loss
-
-        if self.sequence_parallel is not None:
-            from tpo_fast.kernels import dpo_sft_loss
-
-            token_logps = self.token_logps(batch)
-            device = token_logps.device
-            ref = None if batch.ref_logps is None else batch.ref_logps.to(device)
-            return dpo_sft_loss(token_logps, batch.seq_id.to(device), ref,
-                                num_pairs=batch.n_pairs, **loss)
-        hidden = self.hidden_states(batch)
-        device = hidden.device
-        ref = None if batch.ref_logps is None else batch.ref_logps.to(device)
-        return preference_loss(hidden, self.lm_head_weight(), batch.target_ids.to(device),
-                               batch.seq_id.to(device), ref, num_pairs=batch.n_pairs, **loss)
+        return self.loss(batch, loss)
 
     def policy_logps(self, batch: PackedBatch, features=None) -> torch.Tensor:
         """[n, 2] float32 summed log-probs of the chosen and rejected responses (token log-probs
@@ -197,4 +224,4 @@ class PreferenceModel(nn.Module):
         token_logps = self.token_logps(batch, features)
         device = token_logps.device
         sums = torch.zeros(2 * batch.n_pairs, dtype=torch.float32, device=device)
-        return sums.index_add(0, batch.seq_id.to(device), token_logps).view(-1, 2)
+        return sums.index_add(0, _on(batch.seq_id, device), token_logps).view(-1, 2)

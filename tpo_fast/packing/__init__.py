@@ -2,7 +2,7 @@
 
 ``plan_bins`` assigns pairs to micro-batches and ranks; ``build_indices`` and ``pack_pairs``
 build one micro-batch. Both run in the native extension ``tpo_fast._C`` when it is built and
-in the numpy reference (``tpo_fast.packing.reference``) otherwise. A model family's pairs go
+in the numpy oracle (``tpo_fast.packing.naive``) otherwise. A model family's pairs go
 through ``tpo_fast.data.PairPacker`` (token ids, video-token checks, the family's position ids),
 which calls ``pack_pairs``.
 """
@@ -10,7 +10,6 @@ which calls ``pack_pairs``.
 from tpo_fast.packing.backend import get_backend, native_available
 from tpo_fast.packing.batch import PackedBatch, PackedIndices, build_indices, pack_pairs
 from tpo_fast.packing.planner import DEFAULT_QK_PER_TOKEN, PackingPlan, plan_bins
-from tpo_fast.packing.synthetic import synthetic_lengths
 
 __all__ = [
     "DEFAULT_QK_PER_TOKEN",
@@ -22,5 +21,4 @@ __all__ = [
     "native_available",
     "pack_pairs",
     "plan_bins",
-    "synthetic_lengths",
 ]

@@ -1,4 +1,4 @@
-"""Which packer runs: the native extension tpo_fast._C, or the numpy reference."""
+"""Which packer runs: the native extension tpo_fast._C, or the numpy oracle (naive.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from tpo_fast.packing import reference
+from tpo_fast.packing import naive
 
 _native: types.ModuleType | None = None
 _native_error: str | None = None
@@ -31,13 +31,13 @@ def native_available() -> bool:
 
 
 def get_backend(name: str = "auto"):
-    """The module that implements plan_bins/build_indices: "auto", "native" or "reference"."""
+    """The module that implements plan_bins/build_indices: "auto", "native" or "naive"."""
     global _warned
-    if name == "reference":
-        return reference
+    if name == "naive":
+        return naive
     if name not in ("auto", "native"):
         raise ValueError(
-            f"unknown packing backend {name!r}; choose 'auto', 'native' or 'reference'"
+            f"unknown packing backend {name!r}; choose 'auto', 'native' or 'naive'"
         )
     native = _load_native()
     if native is not None:
@@ -46,13 +46,13 @@ def get_backend(name: str = "auto"):
         raise ImportError(f"tpo_fast._C is not built ({_native_error}); run `pip install -e .`")
     if not _warned:
         warnings.warn(
-            "tpo_fast._C is not built; packing uses the numpy reference, which is much slower "
-            f"({_native_error}). Build it with `pip install -e .`.",
+            "tpo_fast._C is not built; packing uses the numpy oracle (tpo_fast.packing.naive), "
+            f"which is much slower ({_native_error}). Build it with `pip install -e .`.",
             RuntimeWarning,
             stacklevel=3,
         )
         _warned = True
-    return reference
+    return naive
 
 
 def as_lengths(values, name: str, expect: int | None = None) -> np.ndarray:

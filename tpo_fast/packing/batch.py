@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tpo_fast.packing.backend import as_triplet, get_backend
+from tpo_fast.tensor_tree import move_tensors, pin_tensors
 
 # position_ids_fn(pair, prompt_len, response_len) -> int array [prompt_len + response_len] or
 # [D, prompt_len + response_len]: the positions of the unpacked row prompt + response.
@@ -180,30 +181,14 @@ class PackedBatch(PackedIndices):
     shard: object | None = None
 
     def to(self, device, non_blocking: bool = False) -> PackedBatch:
-        def move(x):
-            if isinstance(x, torch.Tensor):
-                return x.to(device, non_blocking=non_blocking)
-            if isinstance(x, list):
-                return [move(v) for v in x]
-            if isinstance(x, dict):  # one video's inputs: pixel tensors, grids, timestamps
-                return {k: move(v) for k, v in x.items()}
-            return x
-
-        return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
+        """This batch with every tensor (video inputs included) on ``device``."""
+        return replace(self, **{f.name: move_tensors(getattr(self, f.name), device, non_blocking)
+                                for f in fields(self)})
 
     def pin_memory(self) -> PackedBatch:
         """This batch with its CPU tensors (video tensors included) in pinned memory, ready for
         ``to(device, non_blocking=True)``; call it in the loader thread."""
-        def pin(x):
-            if isinstance(x, torch.Tensor):
-                return x.pin_memory() if x.device.type == "cpu" else x
-            if isinstance(x, list):
-                return [pin(v) for v in x]
-            if isinstance(x, dict):
-                return {k: pin(v) for k, v in x.items()}
-            return x
-
-        return replace(self, **{f.name: pin(getattr(self, f.name)) for f in fields(self)})
+        return replace(self, **{f.name: pin_tensors(getattr(self, f.name)) for f in fields(self)})
 
 
 def _token_array(x, what: str, i: int) -> np.ndarray:

@@ -6,7 +6,7 @@ are ``prompt+chosen`` (q = k = P+C) and ``rejected`` (q = R, k = P+R). The defau
 ``qk_per_token = 65536`` is a 7B model's ratio (Qwen2-7B: 2·233M linear FLOPs per token against
 4·H = 14k FLOPs per attended (q, k) pair, halved for the causal mask).
 
-Algorithm (identical in csrc/packing.cpp and reference.py):
+Algorithm (identical in csrc/packing.cpp and naive.py):
 1. pairs over ``token_budget`` raise, or are dropped and counted with ``drop_overlong=True``;
 2. first-fit-decreasing by cost into bins of at most ``token_budget`` tokens;
 3. until the bin count divides ``world_size``: split the fullest bin (alternate pairs), or,
@@ -115,7 +115,7 @@ def plan_bins(
         seed, epoch: the bin-level shuffle; the same values give the same plan.
         qk_per_token: attention-vs-linear weight of the cost model (module docstring).
         drop_overlong: skip (and count) pairs over the budget instead of raising.
-        backend: "auto" (native, else reference with a warning), "native" or "reference".
+        backend: "auto" (native, else naive with a warning), "native" or "naive".
     """
     p, c, r = as_triplet(prompt_lens, chosen_lens, rejected_lens)
     for name, value in (("token_budget", token_budget), ("world_size", world_size),

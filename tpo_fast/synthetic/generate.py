@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tpo_fast.data.synthetic import write_video
 from tpo_fast.synthetic.questions import Question, make_questions
 from tpo_fast.synthetic.scene import Scene, plan_scene, render
+from tpo_fast.synthetic.videos import write_video
 
 HELDOUT_SEED_OFFSET = 10_000
 

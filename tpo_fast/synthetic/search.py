@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tpo_fast.data.synthetic import write_video
+from tpo_fast.synthetic.videos import write_video
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "green": (30, 190, 50), "blue": (30, 60, 230),

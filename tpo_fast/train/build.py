@@ -111,7 +111,7 @@ def build_training(cfg: TrainConfig, command: str) -> TrainingParts:
                              train_vision_tower=cfg.model.train_vision_tower,
                              train_projector=cfg.model.train_projector)
     sp, mpu = _sequence_parallel(cfg, policy)
-    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data,
+    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data, cfg.decode,
                          device=policy.device)
     reference = reference_kind(cfg, dataset.has_ref_logps)
     lengths = dataset.lengths()
@@ -187,7 +187,7 @@ def _sequence_parallel(cfg: TrainConfig, policy):
 
 
 def _write_synthetic_pairs(cfg: TrainConfig, rank: int) -> None:
-    from tpo_fast.data.synthetic import make_pairs
+    from tpo_fast.synthetic.pairs import make_pairs
 
     target = Path(cfg.data.train)
     if rank == 0:
@@ -224,7 +224,7 @@ def _engine(cfg: TrainConfig, ds_config: dict, policy, total_steps: int, lora_re
 
     from tpo_fast.train.objective import TPOObjective
 
-    objective = TPOObjective(policy, cfg.loss, cfg.run.path, lora_reference=lora_reference,
+    objective = TPOObjective(policy, cfg.loss.spec(), cfg.run.path, lora_reference=lora_reference,
                              replay=replay)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.adam_betas),

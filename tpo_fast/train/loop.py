@@ -16,17 +16,18 @@ built its micro-batches is agreed once per step too, before its first forward.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from tpo_fast.config import TrainConfig, save_config
+from tpo_fast.prefetch import Prefetcher
 from tpo_fast.train import checkpoint as ckpt
 from tpo_fast.train.build import build_training
 from tpo_fast.train.metrics import MetricsLog, StepLog, plot_metrics
@@ -93,30 +94,20 @@ class _StepStats:
 
 
 class _Prefetcher:
-    """Builds this rank's micro-batches (decode + tokenize + pack) ahead on one thread."""
+    """Builds this rank's micro-batches (decode + tokenize + pack) ahead on one thread:
+    ``depth`` of them build while a step runs."""
 
     def __init__(self, dataset, plan, bins: list[int], depth: int = 2):
-        self.dataset, self.plan = dataset, plan
-        self.pending = iter(bins)
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tpo-batches")
-        self.queue = []
-        for _ in range(depth):
-            self._submit()
+        def build(b: int):
+            return dataset.batch(plan.bin(b), bool(plan.bin_padding[b]))
 
-    def _submit(self) -> None:
-        b = next(self.pending, None)
-        if b is not None:
-            self.queue.append((b, self.pool.submit(
-                self.dataset.batch, self.plan.bin(b), bool(self.plan.bin_padding[b]))))
+        self.batches = Prefetcher(build, bins, workers=1, ahead=depth + 1, name="tpo-batches",
+                                  wait_on_close=False)
 
     def take(self, count: int) -> list:
-        """The next ``count`` (bin index, PackedBatch or the exception building it raised);
-        as many again are submitted, so the next step's batches build during this one."""
-        for _ in range(count):
-            self._submit()
+        """The next ``count`` (bin index, PackedBatch or the exception building it raised)."""
         taken = []
-        for _ in range(count):
-            b, future = self.queue.pop(0)
+        for b, future in itertools.islice(self.batches, count):
             try:
                 taken.append((b, future.result()))
             except Exception as exc:  # reported by the loop, after saving
@@ -124,7 +115,7 @@ class _Prefetcher:
         return taken
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.batches.close()
 
 
 def _any_rank(flag: bool, device) -> bool:

@@ -1,10 +1,11 @@
 """The TPO objective as one ``nn.Module`` (what DeepSpeed wraps), and the frozen reference.
 
-Fast path: packed prefix-shared forward (``PreferenceModel.hidden_states``) + the fused LM-head /
+Fast path: ``PreferenceModel.loss`` — the packed prefix-shared forward + the fused LM-head /
 log-prob / DPO+SFT loss (``tpo_fast.kernels.preference_loss``: Triton on CUDA, the chunked torch
-reference on CPU). Slow path (``run.path=slow``, the obvious one, for equality checks): each pair
-as two unpadded rows (prompt + chosen, prompt + rejected) through the stock Hugging Face forward,
-full logits, ``log_softmax``, and the same loss formula on the gathered token log-probs.
+reference on CPU), the one batch → loss path the drop-ins use too. Slow path (``run.path=slow``,
+the obvious one, for equality checks): each pair as two unpadded rows (prompt + chosen, prompt +
+rejected) through the stock Hugging Face forward, full logits, ``log_softmax``, and the same
+loss formula on the gathered token log-probs.
 
 Under ZeRO-3 the LM-head weight (and any parameter a model reads outside its submodules'
 forwards, e.g. LLaVA-OneVision's ``image_newline``) is registered as an external parameter of
@@ -14,11 +15,12 @@ this module, so DeepSpeed gathers it for the forward and its gradient reaches th
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from tpo_fast.kernels import dpo_sft_loss, preference_loss
+from tpo_fast.kernels import LossSpec, dpo_sft_loss
 from tpo_fast.packing import PackedBatch
 
 
@@ -43,35 +45,27 @@ class TPOObjective(nn.Module):
     ``reward_accuracy`` and ``policy_logps``; scalars ``dpo_loss``, ``nll_loss`` (unweighted
     by α), ``chosen_tokens``.
 
+    ``spec``: the ``tpo_fast.kernels.LossSpec`` (``LossConfig.spec()``).
     ``lora_reference``: the peft model whose adapters, disabled, make the policy its own
     reference (``ref_logps`` is then computed here, in the same engine forward, sharing the
     video features). ``replay``: a ``TowerReplay`` whose recorded tower outputs (from a separate
     reference's pass over the same batch) the policy's video encoding replays.
     """
 
-    def __init__(self, policy, loss_cfg, path: str = "fast", *, lora_reference=None,
+    def __init__(self, policy, spec: LossSpec, path: str = "fast", *, lora_reference=None,
                  replay=None):
         super().__init__()
         if path not in ("fast", "slow"):
             raise ValueError(f"path must be 'fast' or 'slow', got {path!r}")
+        if not isinstance(spec, LossSpec):
+            raise TypeError(f"spec must be a tpo_fast.kernels.LossSpec (LossConfig.spec()); "
+                            f"got {type(spec).__name__}")
         self.policy = policy
-        self.loss_cfg = loss_cfg
+        self.spec = spec
         self.path = path
         self._lora_reference = [lora_reference]  # a list: not a submodule of this module
         self.replay = replay
         _register_external(self, policy)
-
-    def _loss_kwargs(self, batch: PackedBatch, dpo_normalizer, sft_normalizer,
-                     on_cuda: bool) -> dict:
-        c = self.loss_cfg
-        return dict(beta=c.beta, sft_weight=c.sft_weight, dpo_weight=c.dpo_weight,
-                    loss_type=c.loss_type, loss_weights=c.loss_weights,
-                    discopop_tau=c.discopop_tau, label_smoothing=c.label_smoothing,
-                    num_pairs=batch.n_pairs,
-                    dpo_normalizer=dpo_normalizer, sft_normalizer=sft_normalizer,
-                    # the packer validated the batch on the CPU; value checks on a CUDA
-                    # tensor would be host syncs in every micro-step
-                    check_inputs=not on_cuda)
 
     @contextlib.contextmanager
     def _as_reference(self):
@@ -88,27 +82,19 @@ class TPOObjective(nn.Module):
                     ref_logps = token_logps.new_zeros(2 * batch.n_pairs).index_add(
                         0, seq_id, token_logps).view(-1, 2)
             token_logps, seq_id = unpacked_token_logps(self.policy, batch)
-            kwargs = self._loss_kwargs(batch, dpo_normalizer, sft_normalizer,
-                                       token_logps.is_cuda)
-            return dpo_sft_loss(token_logps, seq_id, ref_logps, **kwargs)
+            return dpo_sft_loss(token_logps, seq_id, ref_logps, self.spec,
+                                num_pairs=batch.n_pairs, dpo_normalizer=dpo_normalizer,
+                                sft_normalizer=sft_normalizer,
+                                check_inputs=not token_logps.is_cuda)
         with self.replay.replay() if self.replay is not None else contextlib.nullcontext():
             features = self.policy.encode_videos(batch.videos)
         if lora_reference:  # tower and projector are frozen: the same features serve both
             with self._as_reference():
                 ref_logps = self.policy.policy_logps(batch, features)
-        if self.policy.sequence_parallel is not None:  # token log-probs joined over the group
-            token_logps = self.policy.token_logps(batch, features)
-            device = token_logps.device
-            kwargs = self._loss_kwargs(batch, dpo_normalizer, sft_normalizer,
-                                       token_logps.is_cuda)
-            return dpo_sft_loss(token_logps, batch.seq_id.to(device),
-                                None if ref_logps is None else ref_logps.to(device), **kwargs)
-        hidden = self.policy.hidden_states(batch, features)
-        device = hidden.device
-        kwargs = self._loss_kwargs(batch, dpo_normalizer, sft_normalizer, hidden.is_cuda)
-        return preference_loss(hidden, self.policy.lm_head_weight(),
-                               batch.target_ids.to(device), batch.seq_id.to(device),
-                               None if ref_logps is None else ref_logps.to(device), **kwargs)
+        # the run's reference (precomputed, live or none) replaces whatever the batch holds
+        batch = replace(batch, ref_logps=ref_logps)
+        return self.policy.loss(batch, self.spec, features=features,
+                                dpo_normalizer=dpo_normalizer, sft_normalizer=sft_normalizer)
 
 
 def unpacked_token_logps(policy, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:

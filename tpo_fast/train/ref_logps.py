@@ -81,7 +81,7 @@ def compute_ref_logps(cfg: TrainConfig, out: str | None = None, device: str | No
     enable_sequence_parallel(cfg, policy)  # the training layout (an SP group, one batch)
     sp_size = cfg.deepspeed.sequence_parallel_size
     dp_world, dp_rank = world // sp_size, rank // sp_size
-    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data,
+    dataset = TPODataset(records, PairPacker(policy.adapter, tokenizer), cfg.data, cfg.decode,
                          device=policy.device)
     p, c, r = dataset.lengths()
     plan = plan_bins(p, c, r, cfg.data.token_budget * sp_size, dp_world, cfg.run.seed,

@@ -35,6 +35,11 @@ def reference_kind(cfg: TrainConfig, has_ref_logps: bool) -> str:
         kind = "none"  # plain SFT: the DPO term (and so the reference) is unused
     if kind == "auto":
         kind = "precomputed" if has_ref_logps else "model"
+    anchored = cfg.loss.spec().needs_reference
+    if kind == "none" and anchored:
+        raise ConfigError(f"loss.reference=none but loss_type {anchored[0]!r} needs a reference "
+                          "(its loss depends on each response's log-ratio to it): use "
+                          "loss.reference=precomputed or model")
     if kind == "precomputed" and not has_ref_logps:
         raise ConfigError("loss.reference=precomputed but some pairs have no ref_logps; run "
                           "`tpo-fast ref-logps` first or set loss.reference=model")
@@ -148,14 +153,4 @@ class TowerReplay:
             self.outputs.clear()
 
 
-def load_reference_model(cfg: TrainConfig, ds_config: dict | None):
-    """A second copy of the starting policy, from the policy's own source: ``model.path``
-    (under ZeRO-3 the policy's ``HfDeepSpeedConfig`` is still alive, so ``from_pretrained``
-    builds it partitioned) or the tiny model rebuilt from the same seed."""
-    from tpo_fast.train.setup import load_tokenizer_and_model
-
-    _, model, _ = load_tokenizer_and_model(cfg, ds_config, role="reference")
-    return model.eval().requires_grad_(False)
-
-
-__all__ = ["TowerReplay", "frozen_vision_modules", "load_reference_model", "reference_kind"]
+__all__ = ["TowerReplay", "frozen_vision_modules", "reference_kind"]

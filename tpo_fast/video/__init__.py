@@ -1,5 +1,5 @@
-"""Video I/O for TPO: frame plans, decoders (PyAV, DALI CPU, DALI GPU) and per-model
-preprocessing.
+"""Video I/O for TPO: frame plans, the decoder registry ``DECODERS`` (PyAV, DALI CPU, DALI GPU,
+frame folders, ...) and per-model preprocessing.
 
     info = probe("clip.mp4")                          # fps, frames, duration, codec, size
     plan = FramePlan.segment(info, 12.0, 20.0, 32)    # or uniform / complement / incomplete ...
@@ -12,11 +12,15 @@ DALI is imported only when a DALI backend runs; PyAV when a file is first probed
 """
 
 from tpo_fast.video.decoders import (
-    BACKENDS,
+    DECODERS,
+    Decoder,
+    available_decoders,
     choose_backend,
     decode,
     decode_counts,
     decode_many,
+    decoder_names,
+    register,
     reset_decode_counts,
 )
 from tpo_fast.video.errors import VideoDecodeError
@@ -28,8 +32,9 @@ from tpo_fast.video.preprocess import preprocess_video, supported_families
 from tpo_fast.video.settings import DecodeSettings
 
 __all__ = [
-    "BACKENDS", "DecodeSettings", "FramePlan", "FrameVideo", "VideoDecodeError", "VideoInfo",
-    "VideoLoader",
-    "choose_backend", "decode", "decode_counts", "decode_many", "load_video_inputs",
+    "DECODERS", "DecodeSettings", "Decoder", "FramePlan", "FrameVideo", "VideoDecodeError",
+    "VideoInfo", "VideoLoader", "available_decoders",
+    "choose_backend", "decode", "decode_counts", "decode_many", "decoder_names",
+    "load_video_inputs", "register",
     "preprocess_video", "probe", "reset_decode_counts", "resolve_plan", "supported_families",
 ]

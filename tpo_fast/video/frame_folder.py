@@ -8,8 +8,9 @@ LLaVA-NeXT's ``llava/train/train_dpo.py`` does); TRL's vision format gives frame
 ``images`` column. A frame folder carries no time base: ``fps`` comes from the pair (a field)
 or a setting (``data.frame_fps``); frame ``i`` is at ``i / fps`` seconds.
 
-This is a source beside the decoders (``decoders.decode`` dispatches on ``FRAME_CODEC``), not a
-decoder backend: ``data.video_backend`` does not apply to it. Frames are read with Pillow.
+This is the ``"frames"`` entry of the decoder registry (``decoders.DECODERS``), a *source*: it
+decodes every video whose codec is ``FRAME_CODEC`` whatever ``decode.backend`` says, and
+``decode.backend`` cannot name it. Frames are read with Pillow.
 """
 
 from __future__ import annotations

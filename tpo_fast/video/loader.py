@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 
+from tpo_fast.prefetch import Prefetcher
+from tpo_fast.tensor_tree import pin_tensors
 from tpo_fast.video.decoders import decode
 from tpo_fast.video.errors import VideoDecodeError
 from tpo_fast.video.info import probe
@@ -79,17 +79,6 @@ def load_video_inputs(path: str | os.PathLike, model_config, *, num_frames: int 
     return inputs, chosen
 
 
-def pin(obj: Any) -> Any:
-    """``obj`` with every CPU tensor inside (dicts, lists, tuples) in pinned memory."""
-    if isinstance(obj, torch.Tensor):
-        return obj.pin_memory() if obj.device.type == "cpu" else obj
-    if isinstance(obj, dict):
-        return {k: pin(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(pin(v) for v in obj)
-    return obj
-
-
 class VideoLoader:
     """Run ``fn(request)`` for each request in background threads and iterate
     ``(request, result)`` in request order, at most ``prefetch`` requests ahead.
@@ -121,55 +110,26 @@ class VideoLoader:
 
     def _work(self, request: Any) -> Any:
         result = self.fn(request)
-        return pin(result) if self.pin_memory else result
+        return pin_tensors(result) if self.pin_memory else result
 
     def _skip(self, request: Any, error: VideoDecodeError) -> None:
         self.skipped.append((request, str(error)))
         logger.warning("skipping unreadable video: %s", error)
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        if self.num_workers == 0:
-            yield from self._iter_sync()
-        else:
-            yield from self._iter_threads()
+        loads = Prefetcher(self._work, self.requests, workers=self.num_workers,
+                           ahead=self.prefetch, name="tpo-video")
+        try:
+            for request, future in loads:
+                try:
+                    result = future.result()
+                except VideoDecodeError as e:
+                    self._skip(request, e)
+                    continue
+                self.num_loaded += 1
+                yield request, result
+        finally:
+            loads.close()
         if self.skipped:
             logger.warning("VideoLoader: skipped %d of %d videos (see .skipped)",
                            len(self.skipped), len(self.skipped) + self.num_loaded)
-
-    def _iter_sync(self) -> Iterator[tuple[Any, Any]]:
-        for request in self.requests:
-            try:
-                result = self._work(request)
-            except VideoDecodeError as e:
-                self._skip(request, e)
-                continue
-            self.num_loaded += 1
-            yield request, result
-
-    def _iter_threads(self) -> Iterator[tuple[Any, Any]]:
-        pending: deque[tuple[Any, Future]] = deque()
-        requests = iter(self.requests)
-        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="tpo-video") as pool:
-            try:
-                while True:
-                    while len(pending) < self.prefetch:
-                        request = next(requests, _END)
-                        if request is _END:
-                            break
-                        pending.append((request, pool.submit(self._work, request)))
-                    if not pending:
-                        return
-                    request, future = pending.popleft()
-                    try:
-                        result = future.result()
-                    except VideoDecodeError as e:
-                        self._skip(request, e)
-                        continue
-                    self.num_loaded += 1
-                    yield request, result
-            finally:
-                for _, future in pending:
-                    future.cancel()
-
-
-_END = object()

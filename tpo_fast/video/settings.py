@@ -1,10 +1,11 @@
 """``DecodeSettings``: how the data path decodes video, one object for train, ref-logps, curate
-and eval (``data.video_backend`` / ``data.decode_device`` / ``data.video_threads`` in a train
-config, ``policy.*`` in a curate config, ``--video-backend`` / ``--decode-device`` in eval).
+and eval, resolved from the one ``decode:`` config section (``tpo_fast.config.DecodeConfig``)
+with ``DecodeSettings.from_config``.
 
-* ``backend``: ``auto`` | ``pyav`` | ``dali_cpu`` | ``dali_gpu``. ``auto`` decodes with DALI on
-  the target GPU (NVDEC) when the target is CUDA and DALI imports, else with PyAV (on a CPU,
-  PyAV measured about 2x faster than DALI's CPU decoder: benchmarks/results/video-*.json).
+* ``backend``: ``auto`` or a ``DECODERS`` entry (``pyav``, ``dali_cpu``, ``dali_gpu``, ...).
+  ``auto`` decodes with DALI on the target GPU (NVDEC) when the target is CUDA and DALI
+  imports, else with PyAV (on a CPU, PyAV measured about 2x faster than DALI's CPU decoder:
+  benchmarks/results/video-*.json).
 * ``device``: where frames end up and are preprocessed: ``auto`` (the model's device, so on a
   CUDA machine the rank's own GPU), ``cpu``, ``cuda`` or ``cuda:N``. It is resolved to an
   explicit ``torch.device`` (with its index) in the thread that builds the settings, never in
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-VIDEO_BACKENDS = ("auto", "pyav", "dali_cpu", "dali_gpu")
 DEFAULT_THREADS = 2
 
 
@@ -48,9 +48,11 @@ class DecodeSettings:
     fallback: bool = True
 
     def __post_init__(self):
-        if self.backend not in VIDEO_BACKENDS:
+        from tpo_fast.video.decoders import decoder_names
+
+        if self.backend not in decoder_names():
             raise ValueError(f"unknown video backend {self.backend!r}; choose from "
-                             f"{VIDEO_BACKENDS}")
+                             f"{decoder_names()}")
         if self.threads < 1:
             raise ValueError(f"video threads must be >= 1, got {self.threads}")
         object.__setattr__(self, "device", torch.device(self.device))
@@ -64,6 +66,13 @@ class DecodeSettings:
               fallback: bool = True) -> DecodeSettings:
         """From config values; ``device="auto"`` follows ``model_device``."""
         return cls(backend, resolve_device(device, model_device), threads, fallback)
+
+    @classmethod
+    def from_config(cls, cfg, *, model_device=None) -> DecodeSettings:
+        """From a ``decode:`` section (``DecodeConfig``); ``device: auto`` follows
+        ``model_device``."""
+        return cls.build(cfg.backend, cfg.device, cfg.threads, model_device=model_device,
+                         fallback=cfg.fallback)
 
     @property
     def on_cuda(self) -> bool:

@@ -12,20 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tpo_fast.data.synthetic import COLOURS, write_video
+from tpo_fast.synthetic.videos import COLOURS, colour_phases, write_video
 
 
 def _events_video(rng: np.random.Generator, n_frames: int, size: int, fps: float,
                   phases: int, squares: int) -> tuple[np.ndarray, list[dict]]:
     names = [c for c in COLOURS if c != "white"]
-    order = rng.permutation(len(names))[:phases]
-    cuts = np.sort(rng.choice(np.arange(2, n_frames - 2), phases - 1, replace=False))
-    frames = np.zeros((n_frames, size, size, 3), np.uint8)
-    events = []
-    for k, (a, b) in enumerate(zip([0, *cuts], [*cuts, n_frames])):
-        frames[a:b] = COLOURS[names[order[k]]]
-        events.append({"start": a / fps, "end": b / fps,
-                       "text": f"the screen turns {names[order[k]]}"})
+    frames, colours, cuts = colour_phases(rng, names, phases, n_frames, size)
+    events = [{"start": a / fps, "end": b / fps, "text": f"the screen turns {colour}"}
+              for colour, a, b in zip(colours, [0, *cuts], [*cuts, n_frames])]
     lo, hi = size // 4, 3 * size // 4
     for _ in range(squares):
         length = int(rng.integers(2, 5))

@@ -1,4 +1,4 @@
-"""Plain-torch references for the token log-probs ``log_softmax(hidden @ weight.T)[n, t[n]]``.
+"""Plain-torch paths for the token log-probs ``log_softmax(hidden @ weight.T)[n, t[n]]``.
 
 * ``chunked_linear_logprobs`` — the CPU path and the test oracle's twin: chunked over tokens,
   at most one chunk of logits alive, forward and backward (its own autograd.Function recomputes

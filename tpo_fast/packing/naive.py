@@ -1,4 +1,4 @@
-"""Pure-numpy reference of the native packer (csrc/packing.cpp), step for step.
+"""Pure-numpy oracle of the native packer (csrc/packing.cpp), step for step.
 
 It is the test oracle for ``tpo_fast._C`` and the fallback when the extension is not built.
 Both return the same dict of numpy arrays; the tests require them to be identical.

@@ -7,7 +7,7 @@ import functools
 import torch
 
 
-def prefix_shared_attention_reference(packed, q, k, v, scale: float | None = None):
+def naive_prefix_shared_attention(packed, q, k, v, scale: float | None = None):
     """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D] per the PackedBatch contract, in float32
     (float64 inputs stay float64: the tests' ground truth)."""
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32

@@ -1,4 +1,6 @@
-"""Synthetic test videos whose frames carry their own index, for tests and benchmarks.
+"""Synthetic test videos, written with PyAV: every generator of ``tpo_fast.synthetic`` encodes here.
+
+``write_index_video``: frames that carry their own index, for the decoder tests and benchmarks.
 
 Frame ``i`` shows ``i`` in binary as a 4 x 3 grid of blocks (``BITS`` = 12 bits, least
 significant bit top-left, row-major): a set bit is bright (about 200), a clear bit dark (about
@@ -6,6 +8,9 @@ significant bit top-left, row-major): a set bit is bright (about 200), a clear b
 ``frame_number(decoded)`` recovers the index exactly. ``texture=True`` adds a moving pattern and
 fine noise (amplitude well below the bright/dark gap) so encoders and decoders do real work,
 as in the benchmark.
+
+``write_video`` encodes any uint8 frames as H.264; ``colour_phases`` draws the solid-colour
+phases that the tiny pairs (``pairs.py``) and the curation videos (``curate.py``) show.
 """
 
 from __future__ import annotations
@@ -19,6 +24,50 @@ GRID_COLS, GRID_ROWS = 4, 3
 BITS = GRID_COLS * GRID_ROWS
 BRIGHT, DARK = 200, 55
 ENCODERS = {"h264": "libx264", "vp9": "libvpx-vp9", "vp8": "libvpx", "mjpeg": "mjpeg"}
+COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 220),
+           "yellow": (230, 210, 40), "purple": (150, 60, 200), "white": (240, 240, 240)}
+
+
+def _encode(path: str | os.PathLike, frames, *, width: int, height: int, rate, codec: str,
+            options: dict[str, str], gop: int | None = None) -> str:
+    """Encode uint8 [H, W, 3] RGB ``frames`` (any iterable) into ``path`` with PyAV."""
+    import av
+
+    path = os.fspath(path)
+    with av.open(path, "w") as container:
+        stream = container.add_stream(ENCODERS[codec], rate=rate)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        stream.options = options
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 4.0) -> None:
+    """uint8 [n, H, W, 3] -> an H.264 mp4 (H and W even; crf 18, ultrafast)."""
+    _encode(path, frames, width=frames.shape[2], height=frames.shape[1], rate=int(fps),
+            codec="h264", options={"crf": "18", "preset": "ultrafast"})
+
+
+def colour_phases(rng: np.random.Generator, names: list[str], phases: int, n_frames: int,
+                  size: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """``phases`` solid colours drawn from ``names`` (keys of ``COLOURS``), one after another.
+
+    Returns uint8 frames [n_frames, size, size, 3], the colours in order, and the ``phases - 1``
+    cut frames (sorted, each in ``[2, n_frames - 2)``)."""
+    order = rng.permutation(len(names))[:phases]
+    cuts = np.sort(rng.choice(np.arange(2, n_frames - 2), phases - 1, replace=False))
+    colours = [names[i] for i in order]
+    frames = np.zeros((n_frames, size, size, 3), np.uint8)
+    for colour, start, end in zip(colours, [0, *cuts], [*cuts, n_frames]):
+        frames[start:end] = COLOURS[colour]
+    return frames, colours, cuts
 
 
 def _blocks(height: int, width: int):
@@ -70,28 +119,18 @@ def write_index_video(path: str | os.PathLike, num_frames: int, *, width: int = 
     .webm, MJPEG in .avi or .mkv, as ``path`` says), a keyframe every ``gop`` frames, B-frames
     for H.264 when ``bframes``. Fast encoder settings (x264 ultrafast-like, VP9 realtime,
     cpu-used 8). Returns the path."""
-    import av
-
-    path = os.fspath(path)
-    rate = Fraction(fps).limit_denominator(1001)
     textures = _textures(height, width, 8, seed) if texture else None
-    with av.open(path, "w") as container:
-        stream = container.add_stream(ENCODERS[codec], rate=rate)
-        stream.width, stream.height = width, height
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        stream.codec_context.gop_size = gop
-        stream.options = _encoder_options(codec, bframes)
+
+    def frames():
         for i in range(num_frames):
             tex = None
             if textures is not None:
                 tex = np.roll(textures[i % len(textures)], shift=3 * i, axis=1)
-            frame = av.VideoFrame.from_ndarray(index_frame(i, height, width, tex),
-                                               format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+            yield index_frame(i, height, width, tex)
+
+    return _encode(path, frames(), width=width, height=height,
+                   rate=Fraction(fps).limit_denominator(1001), codec=codec,
+                   options=_encoder_options(codec, bframes), gop=gop)
 
 
 def _encoder_options(codec: str, bframes: bool) -> dict[str, str]:
