@@ -128,7 +128,7 @@ def test_loss_options_follow_trl_loss_lists(tmp_path):
 # tests/test_data_formats.py::_trl_rows).
 
 def video_rows(tmp_path, n_pairs: int = 2) -> list[dict]:
-    from tpo_fast.data.synthetic import make_pairs
+    from tpo_fast.synthetic.pairs import make_pairs
 
     make_pairs(tmp_path, n_pairs=n_pairs, n_videos=n_pairs, seed=3, size=32, n_frames=8)
     rows = []
@@ -153,7 +153,7 @@ def test_video_pairs_equal_tpo_fast_train(folder, tmp_path):
 
     from datasets import Dataset
 
-    from tpo_fast.config import DataConfig, load_config
+    from tpo_fast.config import DataConfig, DecodeConfig, load_config
     from tpo_fast.integrations.trl import TPODPOTrainer
     from tpo_fast.train.loop import Trainer
     from tpo_fast.train.metrics import read_metrics
@@ -161,11 +161,12 @@ def test_video_pairs_equal_tpo_fast_train(folder, tmp_path):
     rows = video_rows(tmp_path / "data")
     pairs_file = tmp_path / "data" / "trl_videos.jsonl"
     pairs_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    video = dict(frames=4, video_backend="pyav", decode_threads=1)
+    video, decode = {"frames": 4}, {"backend": "pyav", "workers": 1}
 
     cfg = load_config(None, [
         f"model.path={folder}", "model.dtype=float32", "model.train_vision_tower=true",
         f"data.train={pairs_file}", *[f"data.{k}={v}" for k, v in video.items()],
+        *[f"decode.{k}={v}" for k, v in decode.items()],
         "loss.beta=0.5", "loss.loss_type=sigmoid", "loss.reference=model", "optim.lr=1e-2",
         "optim.scheduler=constant", "optim.warmup_ratio=0", "optim.epochs=3", "optim.max_steps=3",
         "optim.global_batch_size=2", "optim.max_grad_norm=1.0", "deepspeed.zero_stage=0",
@@ -178,7 +179,7 @@ def test_video_pairs_equal_tpo_fast_train(folder, tmp_path):
         model=str(folder), args=config(tmp_path / "trl", loss_type=["sigmoid"],
                                        lr_scheduler_type="constant", max_grad_norm=1.0),
         train_dataset=Dataset.from_list(rows), processing_class=ex.image_processor_only(folder),
-        video_data=DataConfig(**video))
+        video_data=DataConfig(**video), video_decode=DecodeConfig(**decode))
     trainer.train()
     dropin = [h for h in trainer.state.log_history if "loss" in h]
 
@@ -275,7 +276,7 @@ def test_bad_video_rows_name_the_example(folder, tmp_path):
     stop with an error naming the example (and the file)."""
     from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
 
-    from tpo_fast.config import DataConfig
+    from tpo_fast.config import DataConfig, DecodeConfig
     from tpo_fast.integrations.trl import (
         PairCollator,
         UnsupportedConfigError,
@@ -284,8 +285,8 @@ def test_bad_video_rows_name_the_example(folder, tmp_path):
     from tpo_fast.models import adapter_for
 
     adapter = adapter_for(Qwen2VLForConditionalGeneration.from_pretrained(folder))
-    video = VideoPairs(adapter, AutoTokenizer.from_pretrained(folder),
-                       DataConfig(frames=4, video_backend="pyav"))
+    video = VideoPairs(adapter, AutoTokenizer.from_pretrained(folder), DataConfig(frames=4),
+                       DecodeConfig(backend="pyav"))
     collate = PairCollator(ex.image_processor_only(folder), video=video)
     rows = video_rows(tmp_path)
     good = collate(rows)["pairs"]

@@ -21,7 +21,7 @@ def run(folder: str, out: Path, per_device: int, deepspeed: bool, video_rows=Non
     from datasets import Dataset
     from trl import DPOConfig
 
-    from tpo_fast.config import DataConfig
+    from tpo_fast.config import DataConfig, DecodeConfig
     from tpo_fast.integrations.trl import TPODPOTrainer, deepspeed_on_cpu
 
     if deepspeed:  # a second Trainer in this process: accelerate allows one DeepSpeed
@@ -34,11 +34,13 @@ def run(folder: str, out: Path, per_device: int, deepspeed: bool, video_rows=Non
                      gradient_checkpointing=False, loss_type=["sigmoid"],
                      accelerator_config=deepspeed_on_cpu())  # the CPU line (see the docstring)
     if video_rows is None:
-        data, video = ex.image_preference_dataset(n_rows=6), None
+        data, video, decode = ex.image_preference_dataset(n_rows=6), None, None
     else:
-        data, video = Dataset.from_list(video_rows), DataConfig(frames=4, video_backend="pyav")
+        data, video, decode = (Dataset.from_list(video_rows), DataConfig(frames=4),
+                               DecodeConfig(backend="pyav"))
     trainer = TPODPOTrainer(model=folder, args=args, train_dataset=data,
-                            processing_class=ex.image_processor_only(folder), video_data=video)
+                            processing_class=ex.image_processor_only(folder), video_data=video,
+                            video_decode=decode)
     partitioned = sum(getattr(p, "ds_numel", 0) > getattr(p, "ds_tensor", p).numel()
                       for p in trainer.model.parameters())
     trainer.train()

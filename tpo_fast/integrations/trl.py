@@ -38,9 +38,9 @@ forward and the LM-head weight is a registered external parameter; on a CPU-only
 equal 1 process.
 
 The two calls into the library are the seams of issue 28: ``_pack``
-(``tpo_fast.data.packer.PairPacker``) and ``_loss`` (today
-``tpo_fast.kernels.preference_loss`` with ``loss_options``; then ``PreferenceModel.loss`` with a
-``LossSpec``).
+(``tpo_fast.data.packer.PairPacker``) and ``_loss`` (``tpo_fast.kernels.preference_loss`` with
+the ``LossSpec`` of ``loss_spec(DPOConfig)``; ``PreferenceModel.loss`` computes the same, but
+``_loss`` keeps the hidden states for TRL's logit metrics).
 """
 
 from __future__ import annotations
@@ -94,11 +94,18 @@ def check_config(args: DPOConfig) -> None:
         if value != supported:
             raise UnsupportedConfigError(f"DPOConfig.{name}={value!r} is not supported by "
                                          f"TPODPOTrainer (supported: {supported!r}): {why}")
-    loss_options(args)  # the loss types
+    loss_spec(args)  # the loss types, validated
+
+
+def loss_spec(args: DPOConfig):
+    """``DPOConfig`` -> the fused loss's ``tpo_fast.kernels.LossSpec`` (``loss_options``)."""
+    from tpo_fast.kernels import LossSpec
+
+    return LossSpec(**loss_options(args))
 
 
 def loss_options(args: DPOConfig) -> dict:
-    """``DPOConfig`` -> the fused loss's options (``preference_loss`` keywords).
+    """``DPOConfig`` -> the fused loss's options (``LossSpec`` keywords).
 
     TRL 1.16's loss is Σ_k w_k · mean_i loss_k,i over ``loss_type`` / ``loss_weights``; its
     ``"sft"`` entry is the token-mean NLL of the chosen responses (over the micro-batch's chosen
@@ -160,19 +167,21 @@ class VideoPairs:
     video content part; a relative path resolves under ``data.video_root``, else the working
     directory), the video decoded and preprocessed by the family's video path
     (``load_video_inputs``: ``data.frames`` / the row's ``frames``, ``min_pixels``,
-    ``max_pixels``, the decode backend), and tokenised by the family's ``PairPacker`` (its chat
-    template, the video tokens expanded, each response ending with the end-of-turn token).
+    ``max_pixels``; the ``decode:`` section's backend, device and threads), and tokenised by
+    the family's ``PairPacker`` (its chat template, the video tokens expanded, each response
+    ending with the end-of-turn token).
 
     Args:
         adapter: the family's adapter (``PreferenceModel.adapter``).
         tokenizer: the model's tokenizer (a processor's ``tokenizer`` is taken).
         data: a ``tpo_fast.config.DataConfig``, the ``data`` section ``tpo-fast train`` reads.
+        decode: a ``tpo_fast.config.DecodeConfig``, its ``decode`` section.
     """
 
-    def __init__(self, adapter, tokenizer, data=None):
+    def __init__(self, adapter, tokenizer, data=None, decode=None):
         from pathlib import Path
 
-        from tpo_fast.config import DataConfig
+        from tpo_fast.config import DataConfig, DecodeConfig
         from tpo_fast.data.packer import PairPacker
         from tpo_fast.video import DecodeSettings
 
@@ -180,8 +189,8 @@ class VideoPairs:
         self.packer = PairPacker(adapter, getattr(tokenizer, "tokenizer", tokenizer))
         self.model_config = adapter.model.config
         self.root = Path(self.cfg.video_root or ".")
-        self.decode = DecodeSettings.build(self.cfg.video_backend, self.cfg.decode_device,
-                                           self.cfg.video_threads, model_device="cpu")
+        self.decode = DecodeSettings.from_config(decode if decode is not None else DecodeConfig(),
+                                                 model_device="cpu")
 
     def __call__(self, example: dict, where: str):
         from tpo_fast.data.formats import trl_pair
@@ -301,7 +310,7 @@ def _pack(policy: PreferenceModel, pairs: PairBatch):
                                            pairs.rejected_ids, pairs.visuals)
 
 
-def _loss(policy: PreferenceModel, batch, options: dict, ref_logps: torch.Tensor | None):
+def _loss(policy: PreferenceModel, batch, spec, ref_logps: torch.Tensor | None):
     """The loss seam: (loss, metrics, hidden [N, H]) of a packed micro-batch (issue 28:
     ``policy.loss(batch, LossSpec(...), ref_logps=...)``; the hidden states feed TRL's
     logit metrics, ``_token_stats``)."""
@@ -311,8 +320,7 @@ def _loss(policy: PreferenceModel, batch, options: dict, ref_logps: torch.Tensor
     device = hidden.device
     ref = None if ref_logps is None else ref_logps.to(device)
     loss, metrics = preference_loss(hidden, policy.lm_head_weight(), batch.target_ids.to(device),
-                                    batch.seq_id.to(device), ref, num_pairs=batch.n_pairs,
-                                    **options)
+                                    batch.seq_id.to(device), ref, spec, num_pairs=batch.n_pairs)
     return loss, metrics, hidden
 
 
@@ -411,10 +419,11 @@ class TPODPOTrainer(DPOTrainer):
 
     def __init__(self, model, ref_model=None, args: DPOConfig | None = None, data_collator=None,
                  train_dataset=None, eval_dataset=None, processing_class=None, *,
-                 video_data=None, **kwargs):
+                 video_data=None, video_decode=None, **kwargs):
         # TRL 1.16 knows no video column: a dataset of video rows is kept untokenised here (as
         # TRL keeps its image datasets) and read by VideoPairs; ``video_data`` is the
-        # ``tpo_fast.config.DataConfig`` it reads them with (frames, pixels, video_root, ...)
+        # ``tpo_fast.config.DataConfig`` it reads them with (frames, pixels, video_root, ...),
+        # ``video_decode`` the ``DecodeConfig`` it decodes them with (backend, threads)
         sample = next(iter(train_dataset)) if train_dataset is not None else {}
         self._tpo_video = _is_video_row(sample)
         self._tpo_video_data = video_data
@@ -443,8 +452,9 @@ class TPODPOTrainer(DPOTrainer):
         if data_collator is None:
             self.data_collator = PairCollator(
                 self.processing_class, self.args.max_length,
-                video=VideoPairs(policy.adapter, self.processing_class, video_data))
-        self._tpo_options = loss_options(self.args)
+                video=VideoPairs(policy.adapter, self.processing_class, video_data,
+                                 video_decode))
+        self._tpo_options = loss_spec(self.args)
         _packed_forward(unwrapped, self._policy_run)
         _register_external(unwrapped, policy)
         self._tpo_reference = None
@@ -532,4 +542,4 @@ class TPODPOTrainer(DPOTrainer):
 
 
 __all__ = ["PairBatch", "PairCollator", "TPODPOTrainer", "UNSUPPORTED", "UnsupportedConfigError",
-           "VideoPairs", "check_config", "deepspeed_on_cpu", "loss_options"]
+           "VideoPairs", "check_config", "deepspeed_on_cpu", "loss_options", "loss_spec"]
