@@ -134,3 +134,16 @@ def test_stock_forward_helper_matches_log_softmax_by_hand():
     want = torch.stack([logits[len(prompt) - 1 + i].log_softmax(-1)[t]
                         for i, t in enumerate(response)])
     torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
+
+
+def test_a_trained_tower_is_not_replayed():
+    """With the tower training (model.train_vision_tower), nothing is replayed: a replayed
+    activation between two trained layers would cut the gradient to the first (found by
+    tests/test_trl_dropin.py::test_video_pairs_equal_tpo_fast_train: the vision blocks' fc1 and
+    norm2 never moved)."""
+    tokenizer = tiny_tokenizer("qwen2_vl")
+    policy = PreferenceModel(tiny_model("qwen2_vl", tokenizer, seed=3), attention_backend="sdpa",
+                             train_vision_tower=True)
+    assert frozen_vision_modules(policy) == []
+    frozen = PreferenceModel(tiny_model("qwen2_vl", tokenizer, seed=3), attention_backend="sdpa")
+    assert frozen_vision_modules(frozen)

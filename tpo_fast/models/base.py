@@ -64,6 +64,11 @@ class VideoLLMAdapter:
     def projector_parameters(self) -> list[nn.Parameter]:
         raise NotImplementedError
 
+    def image_adapter(self) -> VideoLLMAdapter:
+        """An adapter of the same interface for pairs whose prompts hold images (the model's
+        own image path); families without one raise."""
+        raise NotImplementedError(f"{type(self).__name__} has no image path for image pairs")
+
     # ---- video -----------------------------------------------------------------------------
     def preprocess(self, frames: torch.Tensor, **kwargs) -> Video:
         """Decoded uint8 frames [n, H, W, 3] -> this model's video inputs: the family's frame

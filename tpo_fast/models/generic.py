@@ -73,6 +73,7 @@ class GenericVideoAdapter(VideoLLMAdapter):
 
     feature_fn = "get_video_features"  # the base model's vision tower + projector call
     modality = "video"  # the mm_encoder_outputs key (and placeholder mask) features go to
+    grid_key = _GRID_KEY  # the input that holds a grid family's [t, h, w] rows
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -216,7 +217,7 @@ class GenericVideoAdapter(VideoLLMAdapter):
     def _batchable(self, videos: list[Video]) -> bool:
         """Videos whose tensors concatenate along dim 0 as the family's processor batches
         several videos: grid families (each video's rows plus one ``video_grid_thw`` row)."""
-        return all(_GRID_KEY in v for v in videos)
+        return all(self.grid_key in v for v in videos)
 
     def batch_video_features(self, videos: list[Video]):
         """One ``get_video_features`` call for the micro-batch where the family batches videos
@@ -250,7 +251,7 @@ class GenericVideoAdapter(VideoLLMAdapter):
     def num_video_tokens(self, video: Video) -> int:
         """Grid families: ``prod(video_grid_thw) / merge²`` (the split ``get_video_features``
         makes); others: the row count of the features, computed once per input signature."""
-        if _GRID_KEY in video:
+        if self.grid_key in video:
             vision = self.model.config.vision_config
             merge = getattr(vision, "spatial_merge_size", None)
             if "video_merge_sizes" in video:  # VideoLLaMA3: a merge size per video
@@ -262,7 +263,7 @@ class GenericVideoAdapter(VideoLLMAdapter):
         return self._measured_token_count(video)
 
     def _grid(self, video: Video) -> torch.Tensor:
-        return torch.as_tensor(video[_GRID_KEY]).reshape(-1, 3).long()
+        return torch.as_tensor(video[self.grid_key]).reshape(-1, 3).long()
 
     def _measured_token_count(self, video: Video) -> int:
         key = tuple(sorted((k, tuple(v.shape) if torch.is_tensor(v) else repr(v))
@@ -346,9 +347,40 @@ class GenericVideoAdapter(VideoLLMAdapter):
                         **extra, **attention_kwargs)
         return out.last_hidden_state
 
+    def image_adapter(self) -> GenericImageAdapter:
+        """This model's own image path (``get_image_features``, the image token, the rope
+        index's image grid) behind the same interface: a pair whose prompt holds images packs
+        and runs with it exactly as a video pair does with this adapter."""
+        return GenericImageAdapter(self.model)
+
     def stock_inputs(self, video: Video) -> dict:
         """The stock forward's keyword arguments for this video (the processor's output)."""
         return {k: v for k, v in video.items() if k != "frame_timestamps"}
+
+
+class GenericImageAdapter(GenericVideoAdapter):
+    """A pair's images through the model's image path: the "video" dict of the packing and
+    forward interface holds what the family's image processor returns for the pair's images
+    (Qwen-VL: ``pixel_values`` [patches, D] and ``image_grid_thw`` [images, 3]; several images
+    of one prompt are rows of both, in prompt order). The features go to
+    ``mm_encoder_outputs["image"]``, the image token takes them, ``mm_token_type_ids`` is 1 there.
+    """
+
+    feature_fn = "get_image_features"
+    modality = "image"
+    grid_key = "image_grid_thw"
+
+    def check_video(self, video: Video, where: str = "images") -> None:
+        super().check_video(video, where)
+        pixels = video.get("pixel_values")
+        if self.grid_key in video and torch.is_tensor(pixels) and pixels.dim() == 2:
+            patches = int(self._grid(video).prod(-1).sum())
+            if pixels.shape[0] != patches:
+                raise ValueError(f"{where}: {self.grid_key} {self._grid(video).tolist()} means "
+                                 f"{patches} patches, pixel_values has {pixels.shape[0]}")
+
+    def image_adapter(self) -> GenericImageAdapter:
+        return self
 
 
 def _feature_fields(output) -> list[str]:

@@ -57,9 +57,14 @@ def frozen_vision_modules(policy) -> list[str]:
     """Names (relative to the vision tower) of the largest tower submodules that hold no
     trainable and no projector parameter: what a separate reference can compute for the policy.
     Module containers (``ModuleList``/``ModuleDict``) are never called, so their children are
-    taken instead."""
+    taken instead. None when any tower parameter outside the projector trains
+    (``model.train_vision_tower``, adapters in the tower): a frozen or parameter-less module
+    (an MLP's activation) may then sit after a trained one, so its output is the policy's own
+    and carries the gradient the trained modules need."""
     tower = policy.adapter.vision_tower()
     projector = {id(p) for p in policy.adapter.projector_parameters()}
+    if any(p.requires_grad and id(p) not in projector for p in tower.parameters()):
+        return []
 
     def replayable(module: nn.Module) -> bool:
         return not isinstance(module, (nn.ModuleList, nn.ModuleDict)) and not any(
