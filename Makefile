@@ -28,8 +28,10 @@ demo: $(STAMP)
 # skipping them (the eval protocol tests). `make test` (README, CI) leaves out the tests marked
 # `slow` (each repeats a path a default test covers, at a higher cost); `make test-all` runs all.
 PYTEST := TPO_FAST_REQUIRE_ORACLES=1 $(PY) -m pytest -q --durations=15
+# Two pytest-xdist workers: on the 2-core machine most of the suite is process start-up and
+# Python, which two workers overlap (tests/conftest.py gives each one torch thread).
 test: $(STAMP)
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -m "not slow" -n 2
 
 test-all: $(STAMP)
 	$(PYTEST)

@@ -18,6 +18,11 @@ def _test_device() -> str:
 
 TEST_DEVICE = _test_device()
 
+# `make test` runs two pytest-xdist workers on the 2-core machine: one torch thread each, so
+# the two do not fight over the cores (multi-process tests start their own ranks).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 # On the CPU, Triton kernels run under the interpreter; it must be set before triton loads.
 if TEST_DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")

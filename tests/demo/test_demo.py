@@ -203,11 +203,10 @@ def test_demo_config_file_and_overrides(tmp_path):
     """configs/demo.yaml goes through the package's YAML + key=value loader: its first line is
     the command that runs it, it holds the defaults (so `tpo-fast demo` runs the same recipe),
     overrides are typed, and a bad key or value is one clear error."""
-    from pathlib import Path
-
+    from helpers import ROOT
     from tpo_fast.demo import QUICK, DemoConfig, demo_config, parse_demo_args
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    path = ROOT / "configs" / "demo.yaml"
     assert path.read_text().splitlines()[0] == "# tpo-fast demo [configs/demo.yaml] key=value ..."
     assert demo_config(path) == DemoConfig()
     cfg = demo_config(path, ["seed=100", "beta=1", "judge=true", "out=runs/x"])

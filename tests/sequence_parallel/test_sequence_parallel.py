@@ -167,8 +167,12 @@ def test_sp_size_must_divide_the_processes(tmp_path):
 SPLITS_FRAMES = {"qwen2_vl": True, "llava_onevision": True, "longva": True, "qwen3_vl": False}
 
 
+# slow: LongVA's SP path is LLaVA-OneVision's (the same packed forward and frame split); its
+# own model class keeps its default tests (tests/models/test_longva.py)
 @pytest.mark.multiprocess_cpu
-@pytest.mark.parametrize("family", sorted(SPLITS_FRAMES))
+@pytest.mark.parametrize("family", [
+    pytest.param(f, marks=pytest.mark.slow if f == "longva" else ())
+    for f in sorted(SPLITS_FRAMES)])
 def test_sp2_equals_sp1_loss_and_every_gradient(family, tmp_path):
     out = tmp_path / "result.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
@@ -240,7 +244,9 @@ def _assert_same_weights(a: Path, b: Path, base: Path):
 
 @pytest.mark.multiprocess_cpu
 @pytest.mark.parametrize("family,extra", [
-    ("qwen2_vl", []),  # ZeRO-3, a live reference loaded from the folder
+    # slow: M-RoPE under SP is test_sp2_equals_sp1[qwen2_vl], a ZeRO-3 live reference from a
+    # folder is tests/train/test_real_paths.py; the LLaVA-OneVision case stays default
+    pytest.param("qwen2_vl", [], marks=pytest.mark.slow),  # ZeRO-3, a live reference
     ("llava_onevision", ["model.lora.r=4", "model.lora.alpha=8", "model.train_projector=false",
                          "model.gradient_checkpointing=true", "deepspeed.tiled_mlp=3"]),
 ])

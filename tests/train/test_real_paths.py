@@ -124,8 +124,16 @@ def preset_pairs(tmp_path_factory):
     return make_pairs(tmp_path_factory.mktemp("preset_pairs"), n_pairs=130, n_videos=8, seed=1)
 
 
+# slow: the tiny preset's path (a tiny model on 2 processes under ZeRO-3) is the ZeRO-3 folder
+# tests above and tests/train/test_train.py; LLaVA-OneVision on 2 processes under ZeRO-3 is the SP CLI test
+# (tests/sequence_parallel) and its family's CLI test. The 7B presets users run stay default.
+SLOW_PRESETS = ("tiny", "llava_onevision_0_5b_tpo")
+
+
 @pytest.mark.multiprocess_cpu
-@pytest.mark.parametrize("preset", sorted(PRESET_FAMILY))
+@pytest.mark.parametrize("preset", [
+    pytest.param(p, marks=pytest.mark.slow if p in SLOW_PRESETS else ())
+    for p in sorted(PRESET_FAMILY)])
 def test_preset_runs_two_steps_on_two_processes(preset, folders, preset_pairs, tmp_path):
     """The preset's ZeRO stage, reference, gradient checkpointing, dtype and LoRA as written.
     Changed, and why: ``data.token_budget`` at most 2,048 (the presets' 32,768-token
