@@ -39,6 +39,23 @@ class _Tokens:
     rejected: list[int]
 
 
+def _frames_kwargs(record: PairRecord, data_cfg) -> dict:
+    """The record's own frames (a count or indices), else ``data.frames``."""
+    frames = record.frames if record.frames is not None else data_cfg.frames
+    return {"frame_indices": frames} if isinstance(frames, list) else {"num_frames": frames}
+
+
+def record_video_inputs(record: PairRecord, data_cfg, model_config, settings) -> dict:
+    """A pair's video decoded per its frame plan (``_frames_kwargs``) with the ``DecodeSettings``
+    ``settings`` and preprocessed for ``model_config`` (``data.min_pixels`` / ``max_pixels``)."""
+    from tpo_fast.video import load_video_inputs
+
+    video, _ = load_video_inputs(record.video, model_config, settings=settings,
+                                 min_pixels=data_cfg.min_pixels, max_pixels=data_cfg.max_pixels,
+                                 **_frames_kwargs(record, data_cfg))
+    return video
+
+
 class TPODataset:
     """Pairs ready for packing.
 
@@ -130,34 +147,22 @@ class TPODataset:
     def _system(self, record: PairRecord) -> str | None:
         return record.system or self.cfg.system_prompt
 
-    def _preprocess_kwargs(self) -> dict:
-        return {"min_pixels": self.cfg.min_pixels, "max_pixels": self.cfg.max_pixels}
-
-    def _frames_kwargs(self, record: PairRecord) -> dict:
-        frames = record.frames if record.frames is not None else self.cfg.frames
-        return {"frame_indices": frames} if isinstance(frames, list) else {"num_frames": frames}
-
     def _shape_only_video(self, record: PairRecord) -> dict:
         from tpo_fast.video import preprocess_video, probe, resolve_plan
         from tpo_fast.video.loader import plan_sampling_fps
 
         info = probe(record.video)
-        plan = resolve_plan(info, **self._frames_kwargs(record))
+        plan = resolve_plan(info, **_frames_kwargs(record, self.cfg))
         frames = torch.empty((len(plan.indices), info.height, info.width, 3), dtype=torch.uint8,
                              device="meta")
         return preprocess_video(frames, self.model_config, timestamps=plan.timestamps,
                                 fps=plan_sampling_fps(plan, info.fps), duration=info.duration,
-                                **self._preprocess_kwargs())
+                                min_pixels=self.cfg.min_pixels, max_pixels=self.cfg.max_pixels)
 
     # ---- batches -------------------------------------------------------------------------------
     def video_inputs(self, i: int) -> dict:
         """Pair ``i``'s video decoded per its frame plan and preprocessed for the model."""
-        from tpo_fast.video import load_video_inputs
-
-        record = self.records[i]
-        video, _ = load_video_inputs(record.video, self.model_config, settings=self.decode,
-                                     **self._frames_kwargs(record), **self._preprocess_kwargs())
-        return video
+        return record_video_inputs(self.records[i], self.cfg, self.model_config, self.decode)
 
     def batch(self, pair_ids, is_padding: bool = False) -> PackedBatch:
         """The packed micro-batch of the given pairs (a packing-plan bin)."""

@@ -59,6 +59,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from tpo_fast.kernels import LOSS_TYPES
 from tpo_fast.models.preference_model import PreferenceModel
+from tpo_fast.train.objective import register_external
 
 TESTED_TRL = "1.16"
 # the kernel's label-smoothed types (TRL 1.16's sigmoid ignores label_smoothing; aot uses it)
@@ -132,8 +133,9 @@ def loss_options(args: DPOConfig) -> dict:
             "DPOConfig.label_smoothing with loss_type 'sigmoid' beside 'robust'/'exo_pair': TRL "
             "1.16's sigmoid ignores label_smoothing, the fused loss's sigmoid would apply it "
             "(cDPO)")
-    out = dict(beta=float(args.beta), sft_weight=sft, label_smoothing=smoothing,
-               discopop_tau=float(args.discopop_tau))
+    out = dict(beta=float(args.beta), sft_weight=sft, label_smoothing=smoothing)
+    if "discopop" in keep:  # TRL ignores discopop_tau otherwise; LossSpec refuses an unused one
+        out["discopop_tau"] = float(args.discopop_tau)
     if keep:
         return dict(out, loss_type=keep, loss_weights=keep_w)
     return dict(out, loss_type="sigmoid", dpo_weight=0.0)  # SFT only (DPO metrics still kept)
@@ -193,22 +195,17 @@ class VideoPairs:
                                                  model_device="cpu")
 
     def __call__(self, example: dict, where: str):
+        from tpo_fast.data.dataset import record_video_inputs
         from tpo_fast.data.formats import trl_pair
         from tpo_fast.data.pairs import parse_pair
-        from tpo_fast.video import load_video_inputs
+        from tpo_fast.video import VideoDecodeError
 
         try:
             record = parse_pair(trl_pair(example), where, self.root, self.cfg.frame_fps)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from e
-        from tpo_fast.video import VideoDecodeError
-
-        frames = record.frames if record.frames is not None else self.cfg.frames
-        frames = {"frame_indices": frames} if isinstance(frames, list) else {"num_frames": frames}
         try:
-            video, _ = load_video_inputs(record.video, self.model_config, settings=self.decode,
-                                         min_pixels=self.cfg.min_pixels,
-                                         max_pixels=self.cfg.max_pixels, **frames)
+            video = record_video_inputs(record, self.cfg, self.model_config, self.decode)
             prompt = self.packer.prompt_ids(record.prompt, video,
                                             system=record.system or self.cfg.system_prompt)
             return (prompt, self.packer.response_ids(record.chosen),
@@ -402,15 +399,6 @@ def deepspeed_on_cpu() -> dict | None:
     return {"use_configured_state": True}
 
 
-def _register_external(model: torch.nn.Module, policy: PreferenceModel) -> None:
-    """ZeRO-3: the LM-head weight (read by the fused loss, outside the head's own forward) and the
-    base model's own parameters are gathered for ``model``'s forward, where the packed
-    computation runs (as ``tpo_fast.train.objective`` registers them for its objective)."""
-    from tpo_fast.train.objective import _register_external as register
-
-    register(model, policy)
-
-
 class TPODPOTrainer(DPOTrainer):
     """``trl.DPOTrainer`` (1.16) with the packed prefix-shared forward and the fused loss.
 
@@ -456,14 +444,14 @@ class TPODPOTrainer(DPOTrainer):
                                  video_decode))
         self._tpo_options = loss_spec(self.args)
         _packed_forward(unwrapped, self._policy_run)
-        _register_external(unwrapped, policy)
+        register_external(unwrapped, policy)
         self._tpo_reference = None
         if self.ref_model is not None:
             ref = getattr(self.ref_model, "module", self.ref_model)  # a DeepSpeed engine's model
             reference = _preference_model(ref)
             self._tpo_reference = {"video": reference, "image": _image_model(reference)}
             _packed_forward(ref, self._reference_run)
-            _register_external(ref, reference)
+            register_external(ref, reference)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if getattr(self, "_tpo_video", False):

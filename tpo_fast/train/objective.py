@@ -24,7 +24,7 @@ from tpo_fast.kernels import LossSpec, dpo_sft_loss
 from tpo_fast.packing import PackedBatch
 
 
-def _register_external(owner: nn.Module, policy) -> None:
+def register_external(owner: nn.Module, policy) -> None:
     """ZeRO-3: parameters used outside their module's forward must be gathered for ``owner``."""
     try:
         from deepspeed.zero import register_external_parameter
@@ -65,7 +65,7 @@ class TPOObjective(nn.Module):
         self.path = path
         self._lora_reference = [lora_reference]  # a list: not a submodule of this module
         self.replay = replay
-        _register_external(self, policy)
+        register_external(self, policy)
 
     @contextlib.contextmanager
     def _as_reference(self):
@@ -132,7 +132,7 @@ class ReferenceScorer(nn.Module):
         self.policy = policy
         self.policy.requires_grad_(False)
         self.replay = replay
-        _register_external(self, policy)
+        register_external(self, policy)
 
     @torch.no_grad()
     def forward(self, batch: PackedBatch) -> torch.Tensor:
@@ -141,4 +141,4 @@ class ReferenceScorer(nn.Module):
         return self.policy.policy_logps(batch, features)
 
 
-__all__ = ["ReferenceScorer", "TPOObjective", "unpacked_token_logps"]
+__all__ = ["ReferenceScorer", "TPOObjective", "register_external", "unpacked_token_logps"]
