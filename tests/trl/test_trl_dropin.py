@@ -107,7 +107,7 @@ def test_unsupported_config_fields_raise_naming_the_field(tmp_path, field, value
 
 
 def test_loss_options_follow_trl_loss_lists(tmp_path):
-    from tpo_fast.integrations.trl import UnsupportedConfigError, loss_options
+    from tpo_fast.integrations.trl import UnsupportedConfigError, loss_options, loss_spec
 
     # TRL 1.16's RPO: "sft" in the list is the chosen-token mean NLL with its weight
     got = loss_options(config(tmp_path, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.7]))
@@ -119,6 +119,9 @@ def test_loss_options_follow_trl_loss_lists(tmp_path):
                                label_smoothing=0.1))["label_smoothing"] == 0.1
     with pytest.raises(UnsupportedConfigError, match="'aot'"):
         loss_options(config(tmp_path, loss_type=["aot"]))
+    # discopop_tau reaches the spec with the type that uses it only (TRL ignores it otherwise)
+    assert loss_spec(config(tmp_path, discopop_tau=0.1)).loss_type == ("sigmoid",)
+    assert loss_spec(config(tmp_path, loss_type=["discopop"], discopop_tau=0.1)).discopop_tau == 0.1
 
 
 # ---- video pairs: the drop-in equals `tpo-fast train` on the same rows ------------------------
