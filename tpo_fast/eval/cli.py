@@ -33,18 +33,10 @@ from tpo_fast.eval.protocol import DEFAULT_TASK, task_for
 from tpo_fast.eval.readers import READERS
 from tpo_fast.eval.records import LETTERS, AnnotationError, MCQuestion, ReadStats
 
-# the flags: sugar for config keys (flag destination -> key)
-FLAGS = {
-    "format": "format", "annotations": "annotations", "video_root": "video_root",
-    "model": "model", "tiny": "tiny", "frames": "frames", "method": "method",
-    "protocol": "protocol", "subtitles": "subtitles", "subtitle_root": "subtitle_root",
-    "system": "system", "lmms_eval_version": "lmms_eval_version", "seed": "seed",
-    "answer_format": "answer_format", "length_normalize": "length_normalize",
-    "max_new_tokens": "max_new_tokens", "limit": "limit", "batch_size": "batch_size",
-    "decode_workers": "decode.workers", "video_backend": "decode.backend",
-    "decode_device": "decode.device", "video_threads": "decode.threads", "device": "device",
-    "dtype": "dtype", "skip_invalid": "skip_invalid", "out": "out", "progress": "progress",
-}
+# Each flag is sugar for the config key of its name (``--video-root`` -> ``video_root``), except
+# the decode flags, which set keys of the decode: section
+DECODE_FLAGS = {"decode_workers": "decode.workers", "video_backend": "decode.backend",
+                "decode_device": "decode.device", "video_threads": "decode.threads"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,8 +105,8 @@ def config_from_args(argv: list[str] | None) -> EvalConfig:
     args = build_parser().parse_intermixed_args(argv)
     items = list(args.items)
     path = items.pop(0) if items and "=" not in items[0] else None
-    values = {key: getattr(args, dest) for dest, key in FLAGS.items()
-              if getattr(args, dest) is not None}
+    values = {DECODE_FLAGS.get(dest, dest): value for dest, value in vars(args).items()
+              if dest != "items" and value is not None}
     return load_eval_config(path, items, values)
 
 
